@@ -1,0 +1,121 @@
+"""python -m distill: default message, --help, teach end to end on a tiny model, and bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from _distill_tiny import SENTENCES, tiny_bert_dir
+
+from distill.cli import main
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return tiny_bert_dir(tmp_path_factory.mktemp("tiny"))
+
+
+def test_no_arguments_announces_the_main_job(capsys):
+    assert main([]) == 0
+    assert "issue 5" in capsys.readouterr().out
+
+
+def test_module_help_runs():
+    out = subprocess.run(
+        [sys.executable, "-m", "distill", "teach", "--help"], capture_output=True, text=True
+    )
+    assert out.returncode == 0 and "--objective" in out.stdout and "simcse-unsup" in out.stdout
+
+
+def test_teach_cosent_end_to_end(tiny_dir, tmp_path, capsys):
+    data = tmp_path / "pairs.tsv"
+    data.write_text(
+        "".join(f"{a}\t{b}\t{i % 5}\n" for i, (a, b) in enumerate(zip(SENTENCES, SENTENCES[1:], strict=False)))
+    )
+    dev = tmp_path / "dev.tsv"
+    dev.write_text(
+        "".join(f"{a}\t{b}\t{i % 3}\n" for i, (a, b) in enumerate(zip(SENTENCES, SENTENCES[2:], strict=False)))
+    )
+    out = tmp_path / "out"
+    args = [
+        "teach",
+        "--objective",
+        "cosent",
+        "--model",
+        str(tiny_dir),
+        "--train",
+        str(data),
+        "--out",
+        str(out),
+        "--batch-size",
+        "4",
+        "--max-steps",
+        "2",
+        "--eval-every",
+        "1",
+        "--dev",
+        str(dev),
+        "--no-progress",
+        "--max-length",
+        "16",
+        "--test",
+        str(dev),
+    ]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "best dev" in text and "Spearman" in text
+    assert (out / "best" / "modules.json").is_file()
+    assert main(args) == 2  # exists without --overwrite
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(args + ["--overwrite"]) == 0
+
+
+def test_teach_bad_input(tiny_dir, tmp_path, capsys):
+    sents = tmp_path / "s.txt"
+    sents.write_text("\n".join(SENTENCES))
+    base = [
+        "--model",
+        str(tiny_dir),
+        "--train",
+        str(sents),
+        "--out",
+        str(tmp_path / "o"),
+        "--dev",
+        "none",
+    ]
+    assert main(["teach", "--objective", "nope", *base]) == 2
+    assert "valid objectives: sbert-softmax" in capsys.readouterr().err
+    assert main(["teach", "--objective", "simcse-unsup", *base, "--batch-size", "1"]) == 2
+    assert "at least 2" in capsys.readouterr().err
+    assert main(["teach", "--objective", "simcse-unsup", *base[:1], str(tmp_path), *base[2:]]) == 2
+    assert "not a supported encoder" in capsys.readouterr().err
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("a\tb\t1\nbroken line\n")
+    assert main(["teach", "--objective", "cosent", *base[:2], "--train", str(bad), *base[4:]]) == 2
+    assert "bad.tsv:2:" in capsys.readouterr().err
+
+
+def test_textcnn_and_evaluate_commands(tmp_path, capsys):
+    corpus = tmp_path / "zh.tsv"
+    corpus.write_text("你好\t您好\t1\n天气不错\t下雨了\t0\n")
+    assert (
+        main(
+            [
+                "textcnn",
+                "--char-vocab",
+                str(corpus),
+                "--out",
+                str(tmp_path / "cnn"),
+                "--embed-dim",
+                "8",
+                "--num-filters",
+                "4",
+                "--out-dim",
+                "8",
+            ]
+        )
+        == 0
+    )
+    assert main(["evaluate", "--model", str(tmp_path / "cnn"), "--data", str(corpus)]) == 0
+    assert "Spearman" in capsys.readouterr().out
