@@ -1,0 +1,5 @@
+import sys
+
+from fastemb.cli import main
+
+sys.exit(main())

@@ -1,0 +1,80 @@
+"""``python -m fastemb``: export a model to a bundle, describe a bundle, encode a text file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fastemb", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("export", help="turn a model directory into a bundle",
+                       description="Export a sentence-transformers, Hugging Face BERT-family or distill TextCNN "
+                                   "directory to a fastemb bundle, checked against the model in torch.")
+    p.add_argument("src", help="model directory")
+    p.add_argument("out", help="bundle directory to create")
+    p.add_argument("--quantize", choices=["int8"], help="dynamic int8 quantization (CPU)")
+    p.add_argument("--optimize", action="store_true", help="apply onnxruntime's transformer fusions")
+    p.add_argument("--fp16", action="store_true", help="float16 graph for GPU targets")
+    p.add_argument("--pooling", choices=["cls", "mean", "max"], help="override the model's pooling")
+    p.add_argument("--max-length", type=int, help="truncate texts at this many tokens")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--no-check", action="store_true", help="skip the comparison with the torch model")
+
+    p = sub.add_parser("info", help="print a bundle's manifest")
+    p.add_argument("bundle")
+
+    p = sub.add_parser("encode", help="encode a text file (one text per line) to a .npy file")
+    p.add_argument("bundle")
+    p.add_argument("--input", required=True, help="UTF-8 text file, one text per line")
+    p.add_argument("--output", required=True, help=".npy file to write (float32 [n, dim])")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--no-normalize", action="store_true")
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "export":
+            from fastemb.export import export
+
+            export(args.src, args.out, quantize=args.quantize, optimize=args.optimize, fp16=args.fp16,
+                   pooling=args.pooling, max_length=args.max_length, overwrite=args.overwrite, check=not args.no_check)
+        elif args.command == "info":
+            from fastemb.bundle import Bundle
+
+            b = Bundle(args.bundle)
+            print(json.dumps({"bundle": str(b.dir), **json.loads(b.manifest.to_json())}, indent=2))
+        elif args.command == "encode":
+            return _encode(args)
+    except (OSError, ValueError, RuntimeError, ImportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _encode(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from fastemb._io import atomic_write_bytes
+    from fastemb.encoder import Encoder
+
+    path = Path(args.input)
+    if not path.is_file():
+        raise FileNotFoundError(f"input file not found: {path}")
+    texts = path.read_text(encoding="utf-8").splitlines()
+    vectors = Encoder(args.bundle).encode(texts, batch_size=args.batch_size, normalize=not args.no_normalize,
+                                          show_progress=True)
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, vectors)
+    atomic_write_bytes(args.output, buf.getvalue())
+    print(f"wrote {args.output}: {vectors.shape[0]} x {vectors.shape[1] if vectors.ndim == 2 else 0} float32")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""``Encoder``: texts in, float32 sentence vectors out, from a bundle."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from fastemb.bundle import Bundle, BundleError
+from fastemb.tokenize import check_texts, length_batches, load_tokenizer, pad_batch, pad_id_of
+
+# Texts are tokenized in chunks; the next chunk is tokenized in a background thread while the
+# current one runs. Batches are length-sorted within a chunk, which is as good as a global sort
+# for padding once a chunk holds many batches.
+CHUNK_BATCHES = 64
+
+
+class Encoder:
+    """Sentence encoder served from a bundle directory (or any file in it).
+
+    ``device`` picks ONNX Runtime's execution providers (``cpu``, ``cuda``, ``tensorrt``);
+    ``providers`` overrides them; ``threads`` sets ONNX Runtime's intra-op threads (default:
+    the cores this process may use).
+    """
+
+    def __init__(self, path: str | Path, device: str = "cpu", providers: Sequence[str] | None = None,
+                 threads: int | None = None, verify: bool = True) -> None:
+        from fastemb.backends.ort import OrtBackend
+
+        self.bundle = Bundle(path, verify=verify)
+        m = self.bundle.manifest
+        if m.kind != "encoder":
+            raise BundleError(f"{self.bundle.dir} is a {m.kind} bundle, not an encoder (use fastemb.Generator)")
+        self.dim = int(m.dim)
+        self.max_length = int(m.max_length)
+        self.tokenizer = load_tokenizer(self.bundle.file("tokenizer.json"), self.max_length)
+        self._pad_id = pad_id_of(self.tokenizer)
+        self.backend = OrtBackend(self.bundle.graph("encoder"), device=device, providers=providers, threads=threads)
+        missing = [n for n in self.backend.inputs if n not in ("input_ids", "attention_mask", "token_type_ids")]
+        if missing:
+            raise BundleError(f"{self.bundle.dir}: graph input(s) {missing} are not ones fastemb can feed")
+
+    @property
+    def provider(self) -> str:
+        """The execution provider that actually runs the graph."""
+        return self.backend.provider
+
+    def encode(self, texts: str | Sequence[str], batch_size: int = 32, normalize: bool = True,
+               show_progress: bool = False) -> np.ndarray:
+        """Encode texts: float32 ``[n, dim]`` in input order, or ``[dim]`` for a single string.
+
+        Texts longer than the bundle's ``max_length`` tokens are truncated. ``normalize=False``
+        returns the pooled vectors before L2 normalization.
+        """
+        items, single = check_texts(texts)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        output = "sentence_embedding" if normalize else "pooled_embedding"
+        if output not in self.backend.outputs:
+            raise BundleError(f"{self.bundle.dir}: graph has no {output!r} output (outputs: {self.backend.outputs})")
+        out = np.empty((len(items), self.dim), dtype=np.float32)
+        progress = None
+        if show_progress:
+            from tqdm.auto import tqdm
+
+            progress = tqdm(total=len(items), desc="encode", unit="text")
+        try:
+            for idx, feed in self._batches(items, int(batch_size)):
+                out[idx] = self.backend.run(feed, output)
+                if progress is not None:
+                    progress.update(len(idx))
+        finally:
+            if progress is not None:
+                progress.close()
+        return out[0] if single else out
+
+    def _batches(self, texts: list[str], batch_size: int) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+        chunk = batch_size * CHUNK_BATCHES
+        starts = list(range(0, len(texts), chunk))
+        if not starts:
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastemb-tokenize") as pool:
+            pending: Future = pool.submit(self._tokenize, texts, starts[0], chunk)
+            for i, start in enumerate(starts):
+                ids = pending.result()
+                if i + 1 < len(starts):
+                    pending = pool.submit(self._tokenize, texts, starts[i + 1], chunk)
+                for batch in length_batches([len(x) for x in ids], batch_size):
+                    yield batch + start, pad_batch([ids[j] for j in batch], self.backend.inputs, self._pad_id)
+
+    def _tokenize(self, texts: list[str], start: int, size: int) -> list[list[int]]:
+        return [e.ids for e in self.tokenizer.encode_batch(texts[start : start + size], add_special_tokens=True)]
+
+    def __repr__(self) -> str:
+        return f"Encoder({str(self.bundle.dir)!r}, dim={self.dim}, provider={self.provider})"

@@ -1,0 +1,140 @@
+"""Build-time export: a model directory -> a fastemb bundle (ONNX + tokenizer + manifest).
+
+Needs the ``export`` extra (torch, transformers, onnx, onnxscript): ``pip install 'fastemb[export]'``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+from fastemb._io import atomic_dir
+from fastemb.bundle import Manifest, write_manifest
+
+__all__ = ["export"]
+
+
+def export(
+    src: str | Path,
+    out: str | Path,
+    *,
+    quantize: Literal["int8"] | None = None,
+    optimize: bool = False,
+    fp16: bool = False,
+    pooling: str | None = None,
+    max_length: int | None = None,
+    overwrite: bool = False,
+    check: bool = True,
+    max_int8_drop: float | None = None,
+    log: Callable[[str], None] | None = print,
+) -> Path:
+    """Export ``src`` (sentence-transformers, Hugging Face BERT-family or distill TextCNN
+    directory) to a bundle at ``out``.
+
+    The bundle is built in a staging directory and renamed to ``out`` only after the check
+    passes: the float32 graph must give cosine >= 0.9999 to the torch model on every check
+    sentence; an int8 graph must keep STS-B dev Spearman within ``max_int8_drop`` points (default
+    1.0) of the torch model; an fp16 graph must give cosine >= 0.999 where it can run. A failed
+    check raises :class:`~fastemb.export.check.ExportCheckError` and leaves nothing behind.
+    """
+    from fastemb.export import check as chk
+    from fastemb.export import onnx_graph
+    from fastemb.export.source import load_source
+
+    if quantize not in (None, "int8"):
+        raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
+    if quantize and fp16:
+        raise ValueError("choose one of quantize='int8' (CPU) and fp16=True (GPU), not both")
+    say = log or (lambda _msg: None)
+    t0 = time.perf_counter()
+    source = load_source(src, pooling=pooling, max_length=max_length)
+    say(f"loaded {src} ({source.info.get('format')}, {source.info.get('model_type')}, dim {source.dim}, "
+        f"{source.pooling} pooling, inputs {', '.join(source.inputs)})")
+    with atomic_dir(out, overwrite=overwrite) as stage:
+        shutil.copyfile(source.tokenizer_file, stage / "tokenizer.json")
+        graph = stage / "model.onnx"
+        onnx_graph.export_onnx(source, graph)
+        say("exported float32 ONNX graph")
+        fused: dict[str, int] = {}
+        if optimize and source.num_heads:
+            fused = onnx_graph.optimize(graph, graph, source.num_heads, source.hidden_size)
+            say(f"fused: {fused}")
+        manifest = Manifest(
+            kind="encoder", dim=source.dim, max_length=source.max_length, inputs=list(source.inputs),
+            pooling=source.pooling, normalize=source.normalize, precision="fp32",
+            source={**source.info, "optimized": bool(optimize), "fused_operators": fused},
+        )
+        checker = _Checker(stage, manifest, source, say) if check else None
+        if checker:
+            checker.run("fp32", chk.FP32_MIN_COSINE)
+        if quantize or fp16:
+            fp32 = stage / ".fp32.onnx"
+            graph.replace(fp32)
+            if quantize == "int8":
+                onnx_graph.quantize_int8(fp32, graph)
+                manifest.precision = "int8"
+                say("quantized to int8 (dynamic: int8 weights per channel, uint8 activations per tensor)")
+            else:
+                onnx_graph.to_fp16(fp32, graph)
+                manifest.precision = "fp16"
+                say("converted to float16 (pooling and normalization kept in float32)")
+            fp32.unlink()
+            if checker:
+                checker.run(manifest.precision, chk.FP16_MIN_COSINE if fp16 else None, max_int8_drop)
+        if checker:
+            manifest.extra["checks"] = checker.reports
+        write_manifest(stage, manifest)
+    say(f"wrote {out} ({manifest.precision}) in {time.perf_counter() - t0:.1f} s")
+    return Path(out)
+
+
+class _Checker:
+    """Runs the bundle being built through the real Encoder and compares it with torch."""
+
+    def __init__(self, stage: Path, manifest: Manifest, source, say: Callable[[str], None]) -> None:
+        from fastemb.export import check as chk
+
+        self.stage, self.manifest, self.source, self.say = stage, manifest, source, say
+        self.texts = chk.check_texts()
+        self.reference = chk.torch_vectors(source.module, source.tokenizer_file, source.max_length,
+                                           source.inputs, self.texts)
+        self.reports: list[dict] = []
+
+    def _encoder(self):
+        from fastemb.encoder import Encoder
+
+        write_manifest(self.stage, self.manifest)
+        return Encoder(self.stage, verify=False)
+
+    def run(self, precision: str, min_cosine: float | None, max_int8_drop: float | None = None) -> None:
+        from fastemb.export import check as chk
+
+        try:
+            encoder = self._encoder()
+            vectors = encoder.encode(self.texts)
+        except Exception as e:  # noqa: BLE001 - CPU onnxruntime lacks some float16 kernels
+            if precision != "fp16":
+                raise
+            self.say(f"check fp16: could not run on this machine's CPU ({str(e).splitlines()[0][:120]})")
+            self.reports.append({"precision": "fp16", "skipped": str(e).splitlines()[0][:200]})
+            return
+        rep = chk.compare(self.reference, vectors, precision, min_cosine)
+        if precision == "int8":
+            src = self.source
+            rep.stsb_dev_source = chk.stsb_dev(
+                lambda t: chk.torch_vectors(src.module, src.tokenizer_file, src.max_length, src.inputs, t))
+            rep.stsb_dev_bundle = chk.stsb_dev(encoder.encode)
+            drop = rep.stsb_dev_source - rep.stsb_dev_bundle
+            limit = chk.INT8_MAX_STSB_DROP if max_int8_drop is None else max_int8_drop
+            self.say(f"check int8: STS-B dev {rep.stsb_dev_bundle:.2f} vs {rep.stsb_dev_source:.2f} in torch "
+                     f"(drop {drop:.2f}, allowed {limit}); min cosine to torch {rep.min_cosine:.4f}")
+            if drop > limit:
+                raise chk.ExportCheckError(
+                    f"int8 export check failed: STS-B dev Spearman drops {drop:.2f} points "
+                    f"({rep.stsb_dev_source:.2f} -> {rep.stsb_dev_bundle:.2f}), more than the allowed {limit}")
+        else:
+            self.say(f"check {precision}: min cosine to torch {rep.min_cosine:.6f} over {rep.sentences} texts")
+        self.reports.append(rep.as_dict())

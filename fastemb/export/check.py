@@ -1,0 +1,79 @@
+"""The check every export must pass: the bundle's vectors against the source model in torch."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fastemb.tokenize import load_tokenizer, pad_batch, pad_id_of
+
+CHECK_SENTENCES = Path(__file__).resolve().parent / "check_sentences.txt"
+FP32_MIN_COSINE = 0.9999
+FP16_MIN_COSINE = 0.999
+# int8 must keep STS-B dev Spearman within this many points of the float32 model (README).
+INT8_MAX_STSB_DROP = 1.0
+
+
+class ExportCheckError(RuntimeError):
+    """The exported graph does not reproduce the source model closely enough."""
+
+
+@dataclass
+class CheckReport:
+    precision: str
+    sentences: int
+    min_cosine: float
+    mean_cosine: float
+    stsb_dev_source: float | None = None
+    stsb_dev_bundle: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+def check_texts() -> list[str]:
+    """The shipped check sentences plus edge cases: one word, punctuation, non-Latin, a text far
+    past any max_length (truncation must agree)."""
+    texts = [t for t in CHECK_SENTENCES.read_text(encoding="utf-8").splitlines() if t]
+    texts += ["a", "?!", "Ünïcödé naïve café — 東京 🙂", " ".join(["long"] * 2000)]
+    return texts
+
+
+def torch_vectors(module: Any, tokenizer_file: Path, max_length: int, inputs: list[str], texts: list[str],
+                  batch_size: int = 32) -> np.ndarray:
+    """Normalized vectors from the torch source, tokenized exactly as the runtime tokenizes."""
+    import torch
+
+    tok = load_tokenizer(tokenizer_file, max_length)
+    pad = pad_id_of(tok)
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(texts), batch_size):
+            ids = [e.ids for e in tok.encode_batch(texts[i : i + batch_size])]
+            feed = pad_batch(ids, inputs, pad)
+            normalized, _ = module(*(torch.from_numpy(feed[n]) for n in inputs))
+            out.append(normalized.float().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def compare(reference: np.ndarray, vectors: np.ndarray, precision: str, min_cosine: float | None) -> CheckReport:
+    cos = (reference.astype(np.float64) * vectors.astype(np.float64)).sum(1) / (
+        np.linalg.norm(reference, axis=1) * np.linalg.norm(vectors, axis=1)).clip(min=1e-12)
+    report = CheckReport(precision, len(cos), float(cos.min()), float(cos.mean()))
+    if min_cosine is not None and report.min_cosine < min_cosine:
+        worst = int(np.argmin(cos))
+        raise ExportCheckError(
+            f"{precision} export check failed: minimum cosine to the torch model is {report.min_cosine:.6f} "
+            f"(text #{worst}), below the required {min_cosine}"
+        )
+    return report
+
+
+def stsb_dev(encode: Any) -> float:
+    """STS-B dev Spearman x 100 (never test: export must not look at the test split)."""
+    from distill.sts import evaluate_sts
+
+    return evaluate_sts(encode, "dev")

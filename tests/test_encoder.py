@@ -1,0 +1,114 @@
+"""fastemb.Encoder: order, shapes, truncation, normalization, and clear errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastemb.bundle import MANIFEST, BundleError
+from fastemb.encoder import Encoder
+
+TEXTS = ["short", "a somewhat longer sentence about cats", "x", "the longest sentence of all of them, by a wide margin indeed",
+         "medium length text", "short"]
+
+
+@pytest.fixture(scope="module")
+def enc(tiny_bundle: Path) -> Encoder:
+    return Encoder(tiny_bundle)
+
+
+def test_order_is_restored_and_batching_does_not_change_results(enc: Encoder) -> None:
+    one_by_one = np.stack([enc.encode(t) for t in TEXTS])
+    for bs in (1, 2, 4, 32):
+        np.testing.assert_allclose(enc.encode(TEXTS, batch_size=bs), one_by_one, atol=1e-5)
+    np.testing.assert_array_equal(enc.encode(TEXTS)[0], enc.encode(TEXTS)[5])  # duplicates land in place
+
+
+def test_shapes(enc: Encoder) -> None:
+    assert enc.encode("hello").shape == (32,)
+    assert enc.encode("hello").dtype == np.float32
+    empty = enc.encode([])
+    assert empty.shape == (0, 32) and empty.dtype == np.float32
+    assert enc.encode(("a", "b")).shape == (2, 32)  # any sequence
+    assert enc.encode([""]).shape == (1, 32)
+
+
+def test_long_text_truncates_at_max_length(enc: Encoder) -> None:
+    # max_length is 128 for the tiny model: texts equal in their first 126 word pieces embed equally
+    head = " ".join(["word"] * 200)
+    a, b = enc.encode([head + " apples and pears", head + " something else entirely"])
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    c = enc.encode(" ".join(["word"] * 50) + " apples")
+    assert not np.allclose(c, enc.encode(" ".join(["word"] * 50) + " pears"), atol=1e-4)
+
+
+def test_normalize_flag(enc: Encoder) -> None:
+    raw = enc.encode(TEXTS, normalize=False)
+    unit = enc.encode(TEXTS)
+    assert not np.allclose(np.linalg.norm(raw, axis=1), 1.0, atol=1e-3)
+    np.testing.assert_allclose(raw / np.linalg.norm(raw, axis=1, keepdims=True), unit, atol=1e-5)
+
+
+def test_progress_bar(enc: Encoder, capsys: pytest.CaptureFixture) -> None:
+    enc.encode(TEXTS * 10, batch_size=8, show_progress=True)
+    assert "60/60" in capsys.readouterr().err
+
+
+def test_bad_texts_and_batch_size(enc: Encoder) -> None:
+    with pytest.raises(TypeError, match=r"texts\[2\] is int"):
+        enc.encode(["a", "b", 3])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="bytes"):
+        enc.encode(b"abc")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="sequence of str"):
+        enc.encode(42)  # type: ignore[arg-type]
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="batch_size"):
+            enc.encode(["a"], batch_size=bad)  # type: ignore[arg-type]
+
+
+def test_path_to_file_in_bundle(tiny_bundle: Path) -> None:
+    assert Encoder(tiny_bundle / "tokenizer.json").dim == 32
+
+
+def test_bad_bundles(tiny_bundle: Path, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        Encoder(tmp_path / "nothing")
+    with pytest.raises(BundleError, match="no fastemb.json"):
+        Encoder(tmp_path)
+    b = tmp_path / "b"
+    shutil.copytree(tiny_bundle, b)
+    (b / "tokenizer.json").unlink()
+    with pytest.raises(BundleError, match="'tokenizer.json'.*missing"):
+        Encoder(b)
+    shutil.rmtree(b)
+    shutil.copytree(tiny_bundle, b)
+    with open(b / "model.onnx", "r+b") as f:  # flip bytes in the middle of the graph
+        f.seek(1000)
+        f.write(b"\x00garbage\x00")
+    with pytest.raises(BundleError, match="checksum mismatch for 'model.onnx'"):
+        Encoder(b)
+    with pytest.raises(ValueError, match="cannot load ONNX graph"):
+        (b / "model.onnx").write_bytes(b"not an onnx file")
+        Encoder(b, verify=False)
+    m = json.loads((tiny_bundle / MANIFEST).read_text())
+    m["format_version"] = 99
+    (b / MANIFEST).write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="format_version 99"):
+        Encoder(b)
+    (b / MANIFEST).write_text("{not json")
+    with pytest.raises(BundleError, match="not valid JSON"):
+        Encoder(b)
+
+
+def test_cli_encode(tiny_bundle: Path, tmp_path: Path) -> None:
+    from fastemb.cli import main
+
+    (tmp_path / "in.txt").write_text("\n".join(TEXTS) + "\n", encoding="utf-8")
+    assert main(["encode", str(tiny_bundle), "--input", str(tmp_path / "in.txt"), "--output", str(tmp_path / "v.npy")]) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "v.npy"), Encoder(tiny_bundle).encode(TEXTS), atol=1e-6)
+    assert main(["encode", str(tiny_bundle), "--input", str(tmp_path / "missing.txt"), "--output", str(tmp_path / "w.npy")]) == 2
+    assert not (tmp_path / "w.npy").exists()

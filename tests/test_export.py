@@ -1,0 +1,171 @@
+"""fastemb.export: bundles reproduce the source model, and bad input leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastemb.bundle import MANIFEST, Bundle
+from fastemb.encoder import Encoder
+from fastemb.export import export
+from fastemb.export.check import ExportCheckError
+from tests.conftest import make_tiny_bert, make_tiny_st, minilm_dir
+
+TEXTS = ["A man is playing a guitar.", "Two dogs run on the beach", "hello", "The quick brown fox jumps over the lazy dog " * 3]
+
+
+def reference_hf_mean(model_dir: Path, texts: list[str]) -> np.ndarray:
+    """Mean pooling + L2 computed directly with transformers, one text at a time (no padding)."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    model = AutoModel.from_pretrained(str(model_dir)).eval()
+    out = []
+    with torch.no_grad():
+        for t in texts:
+            enc = tok(t, return_tensors="pt", truncation=True, max_length=128)
+            h = model(**enc).last_hidden_state[0]
+            v = h.mean(0)
+            out.append((v / v.norm()).numpy())
+    return np.stack(out)
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def test_tiny_bert_bundle_matches_transformers(tiny_bert: Path, tiny_bundle: Path) -> None:
+    got = Encoder(tiny_bundle).encode(TEXTS)
+    ref = reference_hf_mean(tiny_bert, TEXTS)
+    assert got.dtype == np.float32 and got.shape == (len(TEXTS), 32)
+    assert cosines(got, ref).min() >= 0.9999
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+
+
+def test_manifest_fields_and_checksums(tiny_bundle: Path) -> None:
+    raw = json.loads((tiny_bundle / MANIFEST).read_text())
+    assert raw["kind"] == "encoder" and raw["dim"] == 32 and raw["pooling"] == "mean"
+    assert raw["precision"] == "fp32" and raw["format_version"] == 1
+    assert raw["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]  # type_vocab_size 2: kept
+    assert set(raw["files"]) == {"model.onnx", "tokenizer.json"}
+    assert all(len(h) == 64 for h in raw["files"].values())
+    assert raw["extra"]["checks"][0]["min_cosine"] >= 0.9999
+    assert sorted(p.name for p in tiny_bundle.iterdir()) == ["fastemb.json", "model.onnx", "tokenizer.json"]
+
+
+def test_token_type_ids_dropped_when_model_ignores_them(tmp_path: Path) -> None:
+    src = make_tiny_bert(tmp_path / "m", type_vocab_size=1)
+    out = export(src, tmp_path / "b", log=None)
+    assert Bundle(out).manifest.inputs == ["input_ids", "attention_mask"]
+    assert Encoder(out).backend.inputs == ["input_ids", "attention_mask"]
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean", "max"])
+def test_sentence_transformers_poolings_match(tmp_path: Path, pooling: str) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    src = make_tiny_st(tmp_path / "st", pooling=pooling, normalize=pooling != "max")
+    out = export(src, tmp_path / "b", log=None)
+    m = Bundle(out).manifest
+    assert m.pooling == pooling and m.normalize == (pooling != "max") and m.max_length == 64
+    ref = SentenceTransformer(str(src), device="cpu").encode(TEXTS, normalize_embeddings=True)
+    got = Encoder(out).encode(TEXTS)
+    assert cosines(got, ref).min() >= 0.9999
+    raw = Encoder(out).encode(TEXTS, normalize=False)
+    ref_raw = SentenceTransformer(str(src), device="cpu").encode(TEXTS, normalize_embeddings=False)
+    if pooling != "max":  # ST's Normalize module already normalized these
+        ref_raw = ref_raw / np.linalg.norm(ref_raw, axis=1, keepdims=True)
+        raw = raw / np.linalg.norm(raw, axis=1, keepdims=True)
+    np.testing.assert_allclose(raw, ref_raw, atol=2e-4, rtol=1e-3)
+
+
+def test_dense_module_is_exported(tmp_path: Path) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    src = make_tiny_st(tmp_path / "st", dense=16)
+    out = export(src, tmp_path / "b", log=None)
+    assert Bundle(out).manifest.dim == 16
+    ref = SentenceTransformer(str(src), device="cpu").encode(TEXTS)
+    assert cosines(Encoder(out).encode(TEXTS), ref).min() >= 0.9999
+
+
+def test_int8_and_optimized_exports(tiny_bert: Path, tmp_path: Path) -> None:
+    fp32 = Encoder(export(tiny_bert, tmp_path / "opt", optimize=True, log=None)).encode(TEXTS)
+    q = export(tiny_bert, tmp_path / "q", quantize="int8", log=None, max_int8_drop=100.0)
+    m = Bundle(q).manifest
+    assert m.precision == "int8"
+    assert [c["precision"] for c in m.extra["checks"]] == ["fp32", "int8"]
+    got = Encoder(q).encode(TEXTS)
+    assert cosines(got, fp32).min() > 0.9  # a random tiny model; the real model's numbers are in bench/
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(q / "model.onnx")).graph.node}
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops
+    assert "Attention" in {n.op_type for n in onnx.load(str(tmp_path / "opt" / "model.onnx")).graph.node}
+
+
+def test_failed_check_leaves_nothing_behind(tiny_bert: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastemb.export import check
+
+    monkeypatch.setattr(check, "FP32_MIN_COSINE", 1.5)
+    with pytest.raises(ExportCheckError, match="minimum cosine"):
+        export(tiny_bert, tmp_path / "b", log=None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_output_is_refused_unless_overwrite(tiny_bert: Path, tmp_path: Path) -> None:
+    out = tmp_path / "b"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="overwrite"):
+        export(tiny_bert, out, log=None)
+    assert (out / "keep.txt").read_text() == "mine"
+    export(tiny_bert, out, overwrite=True, log=None)
+    assert not (out / "keep.txt").exists() and (out / MANIFEST).is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+
+def test_bad_sources(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        export(tmp_path / "nope", tmp_path / "b", log=None)
+    bad = tmp_path / "gpt"
+    bad.mkdir()
+    (bad / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    with pytest.raises(ValueError, match="model_type 'gpt2' is not supported"):
+        export(bad, tmp_path / "b", log=None)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="not a supported model directory"):
+        export(empty, tmp_path / "b", log=None)
+    with pytest.raises(ValueError, match="quantize"):
+        export(empty, tmp_path / "b", quantize="int4", log=None)  # type: ignore[arg-type]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "gpt"]
+
+
+def test_cli_export_and_info(tiny_bert: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from fastemb.cli import main
+
+    assert main(["export", str(tiny_bert), str(tmp_path / "b")]) == 0
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "b" / "model.onnx")]) == 0  # any file in the bundle resolves
+    info = json.loads(capsys.readouterr().out)
+    assert info["bundle"] == str(tmp_path / "b") and info["dim"] == 32 and info["kind"] == "encoder"
+    assert main(["export", str(tiny_bert), str(tmp_path / "b")]) == 2
+    assert "output exists" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_minilm_bundle_matches_sentence_transformers(minilm_bundle: Path) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    from distill.sts import load_stsb
+
+    texts = load_stsb("dev").sentences1[:200]
+    ref = SentenceTransformer(str(minilm_dir()), device="cpu").encode(texts, batch_size=32)
+    got = Encoder(minilm_bundle).encode(texts)
+    assert cosines(got, ref).min() >= 0.9999
+    assert Bundle(minilm_bundle).manifest.max_length == 256
