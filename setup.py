@@ -1,23 +1,43 @@
-"""Builds the C++ extension ``fastemb._C`` (pybind11). Everything else lives in pyproject.toml."""
+"""Builds the C++ extension ``fastemb._C`` (pybind11). Everything else lives in pyproject.toml.
+
+Portable build: no -march flag. The AVX-512 kernels carry their instruction set in a
+``#pragma GCC target`` and are chosen at run time (csrc/kernels.h), so one wheel runs on any
+x86-64 CPU and uses VNNI / BF16 where present.
+"""
 
 from __future__ import annotations
 
-from glob import glob
+from pathlib import Path
 
 from pybind11.setup_helpers import Pybind11Extension, build_ext
 from setuptools import setup
 
-sources = sorted(glob("csrc/*.cpp"))
-ext_modules = []
-if sources:
-    ext_modules.append(
-        Pybind11Extension(
-            "fastemb._C",
-            sources,
-            include_dirs=["csrc"],
-            cxx_std=17,
-            extra_compile_args=["-O3"],
-        )
+SOURCES = [
+    "csrc/module.cpp",
+    "csrc/index.cpp",
+    "csrc/topk.cpp",
+    "csrc/kernels_generic.cpp",
+    "csrc/kernels_avx512_f32.cpp",
+    "csrc/kernels_avx512_bf16.cpp",
+    "csrc/kernels_avx512_i8.cpp",
+]
+HEADERS = ["csrc/index.h", "csrc/kernels.h", "csrc/scan_driver.h"]
+
+here = Path(__file__).resolve().parent
+missing = [p for p in SOURCES + HEADERS if not (here / p).is_file()]
+if missing:
+    raise SystemExit(f"setup.py: C++ sources missing: {', '.join(missing)}")
+
+ext_modules = [
+    Pybind11Extension(
+        "fastemb._C",
+        SOURCES,
+        include_dirs=["csrc"],
+        depends=HEADERS,
+        cxx_std=17,
+        extra_compile_args=["-O3", "-pthread", "-fno-math-errno"],
+        extra_link_args=["-pthread"],
     )
+]
 
 setup(ext_modules=ext_modules, cmdclass={"build_ext": build_ext})
