@@ -1,0 +1,180 @@
+"""Exact top-k search speed: fastemb.Index (each storage) vs FAISS IndexFlatIP vs numpy.
+
+Random unit vectors, d = 384, 1,000 queries, k = 10, N = 200,000 and 1,000,000 by default.
+Batched: all queries in one call (best of --repeats). Single: one query per call, --single calls.
+Recall@10 is measured against exact float32 top-10 (numpy matmul; float32 rounding can flip
+near-ties, so even FAISS may be a hair under 1.0).
+
+    flock /tmp/fastemb-cpu.lock python bench/search.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import table, write_result  # noqa: E402
+
+import fastemb  # noqa: E402
+from fastemb.index import Index  # noqa: E402
+
+
+def unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
+    x = np.empty((n, d), dtype=np.float32)
+    for s in range(0, n, 100_000):  # chunks keep the float64 temporaries small
+        c = rng.standard_normal((min(100_000, n - s), d))
+        x[s : s + len(c)] = c / np.linalg.norm(c, axis=1, keepdims=True)
+    return x
+
+
+def numpy_search(x: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
+    """Exact float32 top-k ids [q, k] by matmul + argpartition, 100 queries at a time."""
+    out = np.empty((len(q), k), dtype=np.int64)
+    for s in range(0, len(q), 100):
+        scores = q[s : s + 100] @ x.T
+        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(scores, part, 1), axis=1, kind="stable")
+        out[s : s + 100] = np.take_along_axis(part, order, 1)
+    return out
+
+
+def timed(fn, repeats: int) -> tuple[float, object]:
+    best, result = float("inf"), None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - t)
+    return best, result
+
+
+def recall(got: np.ndarray, truth: np.ndarray) -> float:
+    k = truth.shape[1]
+    return float(
+        np.mean([len(set(a) & set(b)) / k for a, b in zip(got[:, :k], truth, strict=True)])
+    )
+
+
+def measure(
+    search, q: np.ndarray, truth: np.ndarray, single: int, repeats: int, mb: float
+) -> dict[str, float]:
+    """search(queries [m, d]) -> ids [m, k]: batched (best of repeats) and one-query q/s, recall."""
+    search(q[:10])
+    t_b, ids = timed(lambda: search(q), repeats)
+    t_s, _ = timed(lambda: [search(q[i : i + 1]) for i in range(single)], 1)
+    return {"batched": len(q) / t_b, "single": single / t_s, "recall": recall(ids, truth), "mb": mb}
+
+
+def run(n: int, args: argparse.Namespace, rng: np.random.Generator) -> dict[str, dict[str, float]]:
+    import faiss
+
+    x = unit(rng, n, args.d)
+    q = unit(rng, args.queries, args.d)
+    single = max(10, args.single * 200_000 // n)
+    k = args.k
+    t_np, truth = timed(lambda: numpy_search(x, q, k), 1)
+    res = {"numpy": measure(lambda b: numpy_search(x, b, k), q, truth, 10, 1, x.nbytes / 2**20)}
+    res["numpy"]["batched"] = len(q) / t_np
+
+    fi = faiss.IndexFlatIP(args.d)
+    fi.add(x)
+    res["faiss"] = measure(
+        lambda b, ix=fi: ix.search(b, k)[1], q, truth, single, args.repeats, x.nbytes / 2**20
+    )
+    del fi
+    gc.collect()
+
+    for storage in args.storages:
+        index = Index(args.d, "ip", storage)
+        for s in range(0, n, 200_000):
+            index.add(x[s : s + 200_000])
+        res[f"fastemb {storage}"] = measure(
+            lambda b, ix=index: ix.search(b, k, oversample=args.oversample)[1],
+            q,
+            truth,
+            single,
+            args.repeats,
+            index.memory_bytes / 2**20,
+        )
+        del index
+        gc.collect()
+    f = res["faiss"]
+    for r in res.values():
+        r["batched_vs_faiss"] = r["batched"] / f["batched"]
+        r["single_vs_faiss"] = r["single"] / f["single"]
+    return res
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--n", type=int, nargs="+", default=[200_000, 1_000_000])
+    p.add_argument("--d", type=int, default=384)
+    p.add_argument("--queries", type=int, default=1000)
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument(
+        "--single",
+        type=int,
+        default=100,
+        help="single-query calls timed at 200k (fewer for larger N)",
+    )
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--oversample", type=int, default=4)
+    p.add_argument("--storages", nargs="+", default=["float32", "bfloat16", "int8"])
+    p.add_argument("--name", default="search")
+    args = p.parse_args()
+    import faiss
+
+    rng = np.random.default_rng(0)
+    rows, summary = (
+        [],
+        {"d": args.d, "queries": args.queries, "k": args.k, "kernels": Index.kernels()},
+    )
+    for n in args.n:
+        res = run(n, args, rng)
+        for name, r in res.items():
+            rows.append(
+                [
+                    f"{n:,}",
+                    name,
+                    f"{r['batched']:,.0f}",
+                    f"{r['batched_vs_faiss']:.2f}x",
+                    f"{r['single']:,.1f}",
+                    f"{r['single_vs_faiss']:.2f}x",
+                    f"{r['recall']:.4f}",
+                    f"{r['mb']:,.0f}",
+                ]
+            )
+        summary[str(n)] = {
+            name: {key: round(v, 4) for key, v in r.items()} for name, r in res.items()
+        }
+
+    headers = [
+        "N",
+        "method",
+        "batched q/s",
+        "vs FAISS",
+        "single q/s",
+        "vs FAISS",
+        "recall@10",
+        "memory MB",
+    ]
+    write_result(
+        args.name,
+        f"Exact top-{args.k} search, d = {args.d}, {args.queries:,} queries",
+        table(headers, rows),
+        summary,
+        versions={
+            "faiss": faiss.__version__,
+            "numpy": np.__version__,
+            "fastemb": fastemb.__version__,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
