@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fastemb.backends.profiles import run_with_oom_retry
 from fastemb.bundle import Bundle, BundleError
 from fastemb.tokenize import check_texts, length_batches, load_tokenizer, pad_batch, pad_id_of
 
@@ -22,7 +23,9 @@ class Encoder:
 
     ``device`` picks ONNX Runtime's execution providers (``cpu``, ``cuda``, ``tensorrt``);
     ``providers`` overrides them; ``threads`` sets ONNX Runtime's intra-op threads (default:
-    the cores this process may use).
+    the cores this process may use). The path of a bundle's ``model.plan`` runs that TensorRT
+    engine instead (on the current GPU; ``device``, ``providers`` and ``threads`` do not apply).
+    A batch that runs out of device memory is retried in halves.
     """
 
     def __init__(self, path: str | Path, device: str = "cpu", providers: Sequence[str] | None = None,
@@ -37,7 +40,12 @@ class Encoder:
         self.max_length = int(m.max_length)
         self.tokenizer = load_tokenizer(self.bundle.file("tokenizer.json"), self.max_length)
         self._pad_id = pad_id_of(self.tokenizer)
-        self.backend = OrtBackend(self.bundle.graph("encoder"), device=device, providers=providers, threads=threads)
+        if Path(path).suffix == ".plan":
+            from fastemb.backends.tensorrt import TensorRTBackend
+
+            self.backend = TensorRTBackend(self.bundle.file(Path(path).name))
+        else:
+            self.backend = OrtBackend(self.bundle.graph("encoder"), device=device, providers=providers, threads=threads)
         missing = [n for n in self.backend.inputs if n not in ("input_ids", "attention_mask", "token_type_ids")]
         if missing:
             raise BundleError(f"{self.bundle.dir}: graph input(s) {missing} are not ones fastemb can feed")
@@ -68,7 +76,8 @@ class Encoder:
             progress = tqdm(total=len(items), desc="encode", unit="text")
         try:
             for idx, feed in self._batches(items, int(batch_size)):
-                out[idx] = self.backend.run(feed, output)
+                out[idx] = run_with_oom_retry(lambda f: self.backend.run(f, output), feed,
+                                              getattr(self.backend, "on_oom", None))
                 if progress is not None:
                     progress.update(len(idx))
         finally:
