@@ -24,6 +24,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-length", type=int, help="truncate texts at this many tokens")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.add_argument("--no-check", action="store_true", help="skip the comparison with the torch model")
+    p.add_argument("--tensorrt", action="store_true", help="also build model.plan for this machine's GPU (needs fastemb[tensorrt])")
+    p.add_argument("--tensorrt-precision", choices=["fp32", "fp16", "int8"], default="fp16",
+                   help="engine precision; pooling and normalization stay float32 (default fp16)")
+    p.add_argument("--tensorrt-batch", default="1,32,128", metavar="MIN,OPT,MAX", help="batch range of the engine's profile")
+    p.add_argument("--tensorrt-seq", metavar="MIN,OPT,MAX", help="sequence range of the profile (default 1,128,max_length)")
+    p.add_argument("--tensorrt-workspace", type=float, default=4.0, metavar="GB", help="TensorRT builder workspace")
 
     p = sub.add_parser("info", help="print a bundle's manifest")
     p.add_argument("bundle")
@@ -40,8 +46,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "export":
             from fastemb.export import export
 
+            if args.tensorrt:  # fail before the export, not after it
+                from fastemb.export.tensorrt import preflight
+
+                preflight(args.tensorrt_batch, args.tensorrt_seq)
             export(args.src, args.out, quantize=args.quantize, optimize=args.optimize, fp16=args.fp16,
                    pooling=args.pooling, max_length=args.max_length, overwrite=args.overwrite, check=not args.no_check)
+            if args.tensorrt:
+                from fastemb.export.tensorrt import export_tensorrt
+
+                export_tensorrt(args.out, batch=args.tensorrt_batch, seq=args.tensorrt_seq,
+                                precision=args.tensorrt_precision, workspace_gb=args.tensorrt_workspace)
         elif args.command == "info":
             from fastemb.bundle import Bundle
 

@@ -218,3 +218,15 @@ def test_real_plan_matches_onnx(tiny_bundle, tmp_path, precision: str) -> None:
     assert enc.provider == "TensorRT"
     got = enc.encode(texts, batch_size=32)  # 21 rows > profile max 16: split
     assert (ref * got).sum(1).min() >= (0.9999 if precision == "fp32" else 0.999)
+
+
+@pytest.mark.skipif(TRT_OK, reason="tensorrt is importable here: the missing-library error cannot be provoked")
+def test_cli_tensorrt_fails_before_exporting(tiny_bert, tmp_path, capsys) -> None:
+    from fastemb.cli import main
+
+    out = tmp_path / "b"
+    assert main(["export", str(tiny_bert), str(out), "--tensorrt", "--no-check"]) == 2
+    assert "pip install 'fastemb[tensorrt]'" in capsys.readouterr().err
+    assert not out.exists()
+    assert main(["export", str(tiny_bert), str(out), "--tensorrt", "--tensorrt-batch", "8,4,16"]) == 2
+    assert "1 <= min <= opt <= max" in capsys.readouterr().err

@@ -77,6 +77,17 @@ def export_tensorrt(bundle_dir: str | Path, *, batch: str | Sequence[int] = (1, 
     return plan
 
 
+def preflight(batch: str | Sequence[int], seq: str | Sequence[int] | None) -> None:
+    """Check what a plan build needs before a long export: the libraries, a GPU, valid ranges."""
+    from fastemb.backends.profiles import parse_range
+
+    parse_range(batch, "batch")
+    if seq is not None:
+        parse_range(seq, "sequence")
+    require_tensorrt()
+    CudaRuntime().device()
+
+
 def build_engine(onnx_path: Path, plan: Path, profile: Profile, precision: str, *, workspace_gb: float = 4.0,
                  say: Callable[[str], None] = lambda _m: None) -> EngineMeta:
     """Parse ``onnx_path``, build a strongly typed engine for ``profile`` and write it to ``plan``."""
