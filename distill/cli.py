@@ -20,14 +20,15 @@ MAIN_JOB_MESSAGE = (
     "Available now: python -m distill teach|textcnn|whiten|evaluate --help"
 )
 
-# CLI flag -> objective constructor keyword; passed only to objectives that take it
+# constructor keyword -> CLI flag (dest); a keyword is passed only to objectives that take it.
+# "scale" means a different thing per objective, hence the per-objective flags.
 OBJECTIVE_KNOBS = {
     "tau": "tau",
     "margin": "margin",
-    "cosent_lambda": "scale",
     "score_scale": "score_scale",
     "num_labels": "num_labels",
 }
+SCALE_FLAG = {"cosent": "cosent_lambda", "simbert": "simbert_scale"}
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -136,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="regression: gold / this is the target (default: max gold score)",
     )
+    g.add_argument("--simbert-scale", type=float, default=30.0, help="SimBERT similarity scale")
     g.add_argument("--num-labels", type=int, default=3, help="softmax classes")
     t.set_defaults(func=cmd_teach)
 
@@ -151,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     src.add_argument(
         "--teacher", metavar="DIR", help="use this teacher's tokenizer and word embeddings"
+    )
+    src.add_argument(
+        "--tokenizer", metavar="DIR", help="use DIR/tokenizer.json with random embeddings"
     )
     c.add_argument("--out", required=True, metavar="DIR")
     c.add_argument("--overwrite", action="store_true")
@@ -259,7 +264,9 @@ def cmd_teach(args: argparse.Namespace) -> int:
     examples = read_examples(args.train, cls.data_format)
     if args.max_examples and args.max_examples < len(examples):
         examples = random.Random(args.seed).sample(examples, args.max_examples)
-    knobs = {OBJECTIVE_KNOBS[k]: getattr(args, k) for k in OBJECTIVE_KNOBS}
+    knobs = {kw: getattr(args, flag) for kw, flag in OBJECTIVE_KNOBS.items()}
+    if args.objective in SCALE_FLAG:
+        knobs["scale"] = getattr(args, SCALE_FLAG[args.objective])
     if knobs["score_scale"] is None:
         knobs["score_scale"] = (
             max(float(ex.label) for ex in examples) if cls.label_dtype is not None else 1.0
@@ -331,6 +338,10 @@ def cmd_textcnn(args: argparse.Namespace) -> int:
     }
     if args.teacher:
         model = TextCNN.from_teacher(args.teacher, embed_dim=args.embed_dim, **config)
+    elif args.tokenizer:
+        model = TextCNN.with_tokenizer(
+            Path(args.tokenizer) / "tokenizer.json", embed_dim=args.embed_dim, **config
+        )
     else:
         model = TextCNN.with_char_vocab(
             text_columns(args.char_vocab),

@@ -100,6 +100,17 @@ class TextCNN(nn.Module):
         return model
 
     @classmethod
+    def with_tokenizer(cls, tokenizer_file: str | Path, **config: object) -> TextCNN:
+        """A randomly initialized TextCNN over an existing ``tokenizer.json`` (no teacher weights)."""
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        pad_id = tokenizer.token_to_id("[PAD]") or 0
+        return cls(
+            TextCNNConfig(vocab_size=tokenizer.get_vocab_size(), pad_id=pad_id, **config), tokenizer
+        )
+
+    @classmethod
     def with_char_vocab(
         cls, sentences: Iterable[str], min_freq: int = 1, **config: object
     ) -> TextCNN:

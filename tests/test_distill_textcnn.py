@@ -107,3 +107,15 @@ def test_onnx_export_matches_torch(tmp_path):
 def test_bad_pooling():
     with pytest.raises(ValueError, match="max, mean or max\\+mean"):
         TextCNN(TextCNNConfig(vocab_size=5, pooling="sum"))
+
+
+def test_with_tokenizer_uses_random_embeddings(tmp_path):
+    from _distill_tiny import minilm_dir
+
+    torch.manual_seed(0)
+    m = TextCNN.with_tokenizer(
+        minilm_dir() / "tokenizer.json", embed_dim=8, num_filters=4, out_dim=8
+    )
+    assert m.config.vocab_size == 30522 and m.config.pad_id == 0
+    f = m.tokenize(["a b", "a longer sentence here"])
+    assert f["input_ids"].shape[0] == 2 and m(**f).shape == (2, 8)

