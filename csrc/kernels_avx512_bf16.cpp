@@ -45,10 +45,16 @@ struct BF16 {
                 for (int k = 0; k < P; ++k) acc[i][k] = _mm512_dpbf16_ps(acc[i][k], b, xv[k]);
             }
         }
+        // Spill the accumulators once, then test them: indexing `acc` in the (branchy) epilogue
+        // makes GCC keep the whole array in memory inside the hot loop.
+        alignas(64) float out[M][P][fastemb::kLanes];
 #pragma GCC unroll 16
         for (int i = 0; i < M; ++i)
 #pragma GCC unroll 4
-            for (int k = 0; k < P; ++k) emit(acc[i][k], a.heaps[q0 + i], (p + k) * fastemb::kLanes, a.n);
+            for (int k = 0; k < P; ++k) _mm512_store_ps(out[i][k], acc[i][k]);
+        for (int i = 0; i < M; ++i)
+            for (int k = 0; k < P; ++k)
+                emit(_mm512_load_ps(out[i][k]), a.heaps[q0 + i], (p + k) * fastemb::kLanes, a.n);
     }
 };
 

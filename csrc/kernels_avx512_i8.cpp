@@ -49,14 +49,19 @@ struct I8 {
                 for (int k = 0; k < P; ++k) acc[i][k] = _mm512_dpbusd_epi32(acc[i][k], b, xv[k]);
             }
         }
+        // Spill the accumulators once, then scale and test them: indexing `acc` in the (branchy)
+        // epilogue makes GCC keep the whole array in memory inside the hot loop.
+        alignas(64) int32_t out[M][P][fastemb::kLanes];
+#pragma GCC unroll 16
+        for (int i = 0; i < M; ++i)
 #pragma GCC unroll 4
+            for (int k = 0; k < P; ++k) _mm512_store_si512(out[i][k], acc[i][k]);
         for (int k = 0; k < P; ++k) {
             const int64_t lane0 = (p + k) * fastemb::kLanes;
             const __m512i corr = _mm512_load_si512(a.vcorr + lane0);
             const __m512 vs = _mm512_load_ps(a.vscale + lane0);
-#pragma GCC unroll 16
             for (int i = 0; i < M; ++i) {
-                const __m512 dot = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[i][k], corr));
+                const __m512 dot = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_load_si512(out[i][k]), corr));
                 const __m512 s = _mm512_mul_ps(_mm512_mul_ps(dot, vs), _mm512_set1_ps(a.qscale[q0 + i]));
                 emit(s, a.heaps[q0 + i], lane0, a.n);
             }
