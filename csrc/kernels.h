@@ -66,7 +66,8 @@ DotsFn avx512_f32_dots();
 ScanFn avx512_i8_scan();
 ScanFn avx512_bf16_scan();
 
-// The fastest kernels this CPU runs; `force_generic` (tests, debugging) returns the portable ones.
+// The fastest kernels this CPU runs; `force_generic` (tests) or the environment variable
+// FASTEMB_KERNELS=generic (read once) select the portable ones.
 const Kernels& best_kernels(bool force_generic);
 
 }  // namespace fastemb

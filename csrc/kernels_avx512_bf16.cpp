@@ -1,8 +1,9 @@
 // bfloat16 scan with AVX-512 BF16: vdpbf16ps adds the products of two bf16 pairs into each
 // float32 lane, 32 multiply-adds per instruction.
-#include <immintrin.h>
-
 #include "kernels.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
 
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16")
@@ -75,3 +76,13 @@ ScanFn avx512_bf16_scan() {
 }
 
 }  // namespace fastemb
+
+#else  // not x86: only the portable kernels exist
+
+namespace fastemb {
+
+ScanFn avx512_bf16_scan() { return nullptr; }
+
+}  // namespace fastemb
+
+#endif

@@ -1,7 +1,8 @@
 // float32 scan with AVX-512F: 16 vectors per register, one FMA per (query, dimension, panel).
-#include <immintrin.h>
-
 #include "kernels.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
 
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,fma")
@@ -92,3 +93,14 @@ ScanFn avx512_f32_scan() {
 DotsFn avx512_f32_dots() { return avx512_f32_scan() ? dots_f32 : nullptr; }
 
 }  // namespace fastemb
+
+#else  // not x86: only the portable kernels exist
+
+namespace fastemb {
+
+ScanFn avx512_f32_scan() { return nullptr; }
+DotsFn avx512_f32_dots() { return nullptr; }
+
+}  // namespace fastemb
+
+#endif

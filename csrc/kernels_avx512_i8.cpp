@@ -2,9 +2,10 @@
 // biased by +128 into u8 and the bias is removed per vector: (q + 128) . x - 128 * sum(x).
 // The int32 dot is exact (|sum| <= 255 * 127 * dim < 2^31 for dim <= 65536); it is then scaled by
 // the vector's and the query's quantization steps in float32.
-#include <immintrin.h>
-
 #include "kernels.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
 
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")
@@ -86,3 +87,13 @@ ScanFn avx512_i8_scan() {
 }
 
 }  // namespace fastemb
+
+#else  // not x86: only the portable kernels exist
+
+namespace fastemb {
+
+ScanFn avx512_i8_scan() { return nullptr; }
+
+}  // namespace fastemb
+
+#endif

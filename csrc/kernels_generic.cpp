@@ -1,6 +1,7 @@
 // Portable kernels (any x86-64 or other CPU); same panel layout and summation order as the SIMD
 // ones, but float32 products are rounded before the add (no FMA), so float32 scores may differ
 // from the AVX-512 path in the last bit. Results are consistent within one path.
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 
@@ -112,6 +113,10 @@ const Kernels& generic_kernels() {
 const Kernels& best_kernels(bool force_generic) {
     static const Kernels best = [] {
         Kernels k = generic_kernels();
+        // FASTEMB_KERNELS=generic: run the portable kernels everywhere (debugging, reproducing a
+        // CPU without AVX-512).
+        const char* env = std::getenv("FASTEMB_KERNELS");
+        if (env && std::strcmp(env, "generic") == 0) return k;
         if (ScanFn f = avx512_f32_scan()) {
             k.f32 = f;
             k.dots = avx512_f32_dots();

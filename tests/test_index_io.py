@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 import subprocess
 import sys
@@ -265,3 +266,13 @@ def test_concurrent_search_add_remove() -> None:
 def test_import_fastemb_index_does_not_import_torch() -> None:
     code = "import sys, fastemb; fastemb.Index(3); assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_environment_selects_portable_kernels() -> None:
+    code = (
+        "import numpy as np, fastemb; ix = fastemb.Index(3, 'ip', 'int8'); "
+        "assert set(ix.kernels().values()) == {'generic'}, ix.kernels(); "
+        "ix.add(np.eye(3)); s, i = ix.search(np.eye(3), 1); assert list(i[:, 0]) == [0, 1, 2]"
+    )
+    env = {**os.environ, "FASTEMB_KERNELS": "generic"}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
