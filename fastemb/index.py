@@ -22,6 +22,7 @@ rebuilt from them on load, deterministically.
 from __future__ import annotations
 
 import json
+import operator
 import os
 import struct
 import zlib
@@ -147,7 +148,8 @@ class Index:
             smaller id. For a 1-D query both are [k].
         """
         q = _as_matrix(queries, self.dim, "queries")
-        scores, ids = self._c.search(q, int(k), int(oversample), self.threads)
+        # operator.index: a float k (2.5) is a TypeError, not silently truncated.
+        scores, ids = self._c.search(q, operator.index(k), operator.index(oversample), self.threads)
         if np.asarray(queries).ndim == 1:
             return scores[0], ids[0]
         return scores, ids

@@ -77,6 +77,13 @@ def test_bad_input_raises_value_error_and_changes_nothing(index: Index, call, ma
     np.testing.assert_array_equal(after[1], before[2][1])
 
 
+def test_non_integer_k_is_a_type_error(index: Index) -> None:
+    with pytest.raises(TypeError):
+        index.search(np.ones(8), 2.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        index.search(np.ones(8), 2, oversample=1.5)  # type: ignore[arg-type]
+
+
 def test_cpp_boundary_refuses_instead_of_converting() -> None:
     # The Python wrapper converts; the C++ object itself must refuse, never read out of bounds.
     c = _C.Index(4, "ip", "float32")
