@@ -27,13 +27,8 @@ std::string cat(const T&... parts) {
     return s.str();
 }
 
-// A checked, row-major float32 [rows, dim] view; refuses (never converts) anything else, so the
-// Python layer decides the conversion policy in one place.
-struct Matrix {
-    const float* data;
-    int64_t rows;
-};
-
+// Refuses (never converts) anything but float32 C-contiguous [rows, dim], so the Python layer
+// decides the conversion policy in one place.
 Matrix check_matrix(const py::array& a, int64_t dim, const char* what) {
     if (!py::dtype::of<float>().is(a.dtype()))
         throw py::value_error(cat(what, " must be float32, got dtype ", std::string(py::str(a.dtype()))));
@@ -322,6 +317,145 @@ py::array_t<int64_t> Index::ids() const {
     return out;
 }
 
+void Index::search_nogil(const Matrix& m, int64_t k, int64_t oversample, int threads, const Kernels& kern,
+                         float* os, int64_t* oi) const {
+    const int64_t nq = m.rows;
+    std::vector<float> q(static_cast<size_t>(nq * d_));
+    prepare_rows(m, d_, metric_ == Metric::Cosine, "queries", q.data());
+
+    std::shared_lock lock(mu_);
+    const int64_t n = n_;
+    // Compressed storage keeps k * oversample candidates and re-scores them in float32.
+    const int64_t want = storage_ == Storage::F32 ? k : (k > n / oversample ? n : k * oversample);
+    const int64_t cap = std::min(want, n);
+    if (cap > std::numeric_limits<int32_t>::max()) throw py::value_error(cat("k = ", k, " is too large"));
+    if (cap == 0) {
+        std::fill(os, os + nq * k, kNegInf);
+        std::fill(oi, oi + nq * k, int64_t{-1});
+        return;
+    }
+
+    // Queries in the storage's number format, [nq, dp], zero padded.
+    std::vector<uint16_t> qb;
+    std::vector<int8_t> qi;
+    std::vector<float> qscale;
+    const void* qdata = nullptr;
+    ScanFn scan = kern.f32;
+    if (storage_ == Storage::F32) {
+        qdata = q.data();
+    } else if (storage_ == Storage::BF16) {
+        qb.assign(static_cast<size_t>(nq * dp_), 0);
+        for (int64_t i = 0; i < nq; ++i)
+            for (int64_t j = 0; j < d_; ++j) qb[i * dp_ + j] = to_bf16(q[i * d_ + j]);
+        qdata = qb.data();
+        scan = kern.bf16;
+    } else {
+        qi.assign(static_cast<size_t>(nq * dp_), 0);
+        qscale.resize(nq);
+        for (int64_t i = 0; i < nq; ++i) qscale[i] = quantize(q.data() + i * d_, d_, qi.data() + i * dp_);
+        qdata = qi.data();
+        scan = kern.i8;
+    }
+
+    // Threads over queries when there are enough of them (each thread scans the whole database
+    // for its share), else over database panels (each thread keeps its own heaps; merged below).
+    const int64_t npanels = (n + kLanes - 1) / kLanes;
+    int64_t T = threads > 0 ? threads : std::max<int64_t>(1, std::thread::hardware_concurrency());
+    constexpr int64_t kGroup = 12, kMinPanels = 256;
+    const bool by_query = nq >= 2 * kGroup * T;
+    T = by_query ? T : std::max<int64_t>(1, std::min(T, npanels / kMinPanels));
+    const int64_t chunks = by_query ? 1 : T;  // heap sets
+    std::vector<float> hscore(static_cast<size_t>(chunks * nq * cap));
+    std::vector<int64_t> hpos(static_cast<size_t>(chunks * nq * cap));
+    std::vector<TopK> heaps(static_cast<size_t>(chunks * nq));
+    for (int64_t c = 0; c < chunks * nq; ++c)
+        heaps[c] = TopK{kNegInf, 0, static_cast<int32_t>(cap), hscore.data() + c * cap, hpos.data() + c * cap, ids_.data()};
+    std::vector<std::vector<uint32_t>> work(static_cast<size_t>(T));
+    for (auto& w : work) w.resize(static_cast<size_t>((nq + 16) * dp_));
+    std::vector<std::exception_ptr> errors(static_cast<size_t>(T));
+
+    auto finish = [&](int64_t q0, int64_t q1) {  // merged heaps -> sorted, re-scored, padded rows
+        std::vector<Entry> e;
+        std::vector<const float*> rowp;
+        std::vector<float> exact;
+        for (int64_t i = q0; i < q1; ++i) {
+            const TopK& h = heaps[i];
+            e.resize(h.size);
+            for (int32_t c = 0; c < h.size; ++c) e[c] = {h.score[c], ids_[h.pos[c]], h.pos[c]};
+            if (storage_ != Storage::F32) {
+                rowp.resize(e.size());
+                exact.resize(e.size());
+                for (size_t c = 0; c < e.size(); ++c) rowp[c] = rows_.data() + e[c].pos * d_;
+                kern.dots(q.data() + i * d_, rowp.data(), static_cast<int64_t>(e.size()), d_, exact.data());
+                for (size_t c = 0; c < e.size(); ++c) e[c].score = exact[c];
+            }
+            const size_t top = std::min<size_t>(e.size(), static_cast<size_t>(k));
+            std::partial_sort(e.begin(), e.begin() + top, e.end(), better);
+            for (int64_t c = 0; c < k; ++c) {
+                const bool have = c < static_cast<int64_t>(top);
+                os[i * k + c] = have ? e[c].score : kNegInf;
+                oi[i * k + c] = have ? e[c].id : -1;
+            }
+        }
+    };
+
+    auto run = [&](int64_t t) {
+        ScanArgs a{};
+        a.qscale = qscale.empty() ? nullptr : qscale.data();
+        a.panels = storage_ == Storage::F32 ? static_cast<const void*>(f32_.data())
+                   : storage_ == Storage::BF16 ? static_cast<const void*>(bf16_.data())
+                                               : static_cast<const void*>(i8_.data());
+        a.vscale = vscale_.data();
+        a.vcorr = vcorr_.data();
+        a.n = n;
+        a.dp = dp_;
+        const size_t elem = storage_ == Storage::F32 ? 4 : storage_ == Storage::BF16 ? 2 : 1;
+        int64_t q0 = 0, q1 = nq;
+        if (by_query) {  // contiguous query shares, in whole groups
+            const int64_t groups = (nq + kGroup - 1) / kGroup;
+            q0 = std::min(nq, groups * t / T * kGroup);
+            q1 = std::min(nq, groups * (t + 1) / T * kGroup);
+            a.p0 = 0;
+            a.p1 = npanels;
+            a.heaps = heaps.data() + q0;
+        } else {
+            a.p0 = npanels * t / T;
+            a.p1 = npanels * (t + 1) / T;
+            a.heaps = heaps.data() + t * nq;
+        }
+        if (q1 <= q0) return;
+        a.nq = q1 - q0;
+        a.queries = static_cast<const char*>(qdata) + q0 * dp_ * elem;
+        if (a.qscale) a.qscale += q0;
+        a.work = work[t].data();
+        try {  // an exception must not escape a std::thread
+            scan(a);
+            if (by_query) finish(q0, q1);
+        } catch (...) {
+            errors[t] = std::current_exception();
+        }
+    };
+
+    if (T == 1) {
+        run(0);
+    } else {
+        std::vector<std::thread> pool;
+        for (int64_t t = 1; t < T; ++t) pool.emplace_back(run, t);
+        run(0);
+        for (auto& th : pool) th.join();
+    }
+    for (auto& e : errors)
+        if (e) std::rethrow_exception(e);
+    if (!by_query) {
+        for (int64_t t = 1; t < chunks; ++t)
+            for (int64_t i = 0; i < nq; ++i) {
+                const TopK& h = heaps[t * nq + i];
+                for (int32_t c = 0; c < h.size; ++c) topk_push(heaps[i], h.score[c], h.pos[c]);
+            }
+        finish(0, nq);
+    }
+}
+
 py::tuple Index::search(const py::array& queries, int64_t k, int64_t oversample, int threads, bool force_generic) const {
     if (k < 1) throw py::value_error(cat("k must be >= 1, got ", k));
     if (oversample < 1) throw py::value_error(cat("oversample must be >= 1, got ", oversample));
@@ -336,145 +470,8 @@ py::tuple Index::search(const py::array& queries, int64_t k, int64_t oversample,
     const Kernels& kern = best_kernels(force_generic);
 
     {
-        py::gil_scoped_release nogil;
-        // The whole search runs without the GIL; no Python object is touched inside.
-        [&] {
-        std::vector<float> q(static_cast<size_t>(nq * d_));
-        prepare_rows(m, d_, metric_ == Metric::Cosine, "queries", q.data());
-
-        std::shared_lock lock(mu_);
-        const int64_t n = n_;
-        // Compressed storage keeps k * oversample candidates and re-scores them in float32.
-        const int64_t want = storage_ == Storage::F32 ? k : (k > n / oversample ? n : k * oversample);
-        const int64_t cap = std::min(want, n);
-        if (cap > std::numeric_limits<int32_t>::max()) throw py::value_error(cat("k = ", k, " is too large"));
-        if (cap == 0) {
-            std::fill(os, os + nq * k, kNegInf);
-            std::fill(oi, oi + nq * k, int64_t{-1});
-            return;
-        }
-
-        // Queries in the storage's number format, [nq, dp], zero padded.
-        std::vector<float> qf;
-        std::vector<uint16_t> qb;
-        std::vector<int8_t> qi;
-        std::vector<float> qscale;
-        const void* qdata = nullptr;
-        ScanFn scan = kern.f32;
-        if (storage_ == Storage::F32) {
-            qdata = q.data();
-        } else if (storage_ == Storage::BF16) {
-            qb.assign(static_cast<size_t>(nq * dp_), 0);
-            for (int64_t i = 0; i < nq; ++i)
-                for (int64_t j = 0; j < d_; ++j) qb[i * dp_ + j] = to_bf16(q[i * d_ + j]);
-            qdata = qb.data();
-            scan = kern.bf16;
-        } else {
-            qi.assign(static_cast<size_t>(nq * dp_), 0);
-            qscale.resize(nq);
-            for (int64_t i = 0; i < nq; ++i) qscale[i] = quantize(q.data() + i * d_, d_, qi.data() + i * dp_);
-            qdata = qi.data();
-            scan = kern.i8;
-        }
-
-        // Threads over queries when there are enough of them (each thread scans the whole database
-        // for its share), else over database panels (each thread keeps its own heaps; merged below).
-        const int64_t npanels = (n + kLanes - 1) / kLanes;
-        int64_t T = threads > 0 ? threads : std::max<int64_t>(1, std::thread::hardware_concurrency());
-        constexpr int64_t kGroup = 12, kMinPanels = 256;
-        const bool by_query = nq >= 2 * kGroup * T;
-        T = by_query ? T : std::max<int64_t>(1, std::min(T, npanels / kMinPanels));
-        const int64_t chunks = by_query ? 1 : T;  // heap sets
-        std::vector<float> hscore(static_cast<size_t>(chunks * nq * cap));
-        std::vector<int64_t> hpos(static_cast<size_t>(chunks * nq * cap));
-        std::vector<TopK> heaps(static_cast<size_t>(chunks * nq));
-        for (int64_t c = 0; c < chunks * nq; ++c)
-            heaps[c] = TopK{kNegInf, 0, static_cast<int32_t>(cap), hscore.data() + c * cap, hpos.data() + c * cap, ids_.data()};
-        std::vector<std::vector<uint32_t>> work(static_cast<size_t>(T));
-        for (auto& w : work) w.resize(static_cast<size_t>((nq + 16) * dp_));
-        std::vector<std::exception_ptr> errors(static_cast<size_t>(T));
-
-        auto finish = [&](int64_t q0, int64_t q1) {  // merged heaps -> sorted, re-scored, padded rows
-            std::vector<Entry> e;
-            std::vector<const float*> rowp;
-            std::vector<float> exact;
-            for (int64_t i = q0; i < q1; ++i) {
-                const TopK& h = heaps[i];
-                e.resize(h.size);
-                for (int32_t c = 0; c < h.size; ++c) e[c] = {h.score[c], ids_[h.pos[c]], h.pos[c]};
-                if (storage_ != Storage::F32) {
-                    rowp.resize(e.size());
-                    exact.resize(e.size());
-                    for (size_t c = 0; c < e.size(); ++c) rowp[c] = rows_.data() + e[c].pos * d_;
-                    kern.dots(q.data() + i * d_, rowp.data(), static_cast<int64_t>(e.size()), d_, exact.data());
-                    for (size_t c = 0; c < e.size(); ++c) e[c].score = exact[c];
-                }
-                const size_t top = std::min<size_t>(e.size(), static_cast<size_t>(k));
-                std::partial_sort(e.begin(), e.begin() + top, e.end(), better);
-                for (int64_t c = 0; c < k; ++c) {
-                    const bool have = c < static_cast<int64_t>(top);
-                    os[i * k + c] = have ? e[c].score : kNegInf;
-                    oi[i * k + c] = have ? e[c].id : -1;
-                }
-            }
-        };
-
-        auto run = [&](int64_t t) {
-            ScanArgs a{};
-            a.qscale = qscale.empty() ? nullptr : qscale.data();
-            a.panels = storage_ == Storage::F32 ? static_cast<const void*>(f32_.data())
-                       : storage_ == Storage::BF16 ? static_cast<const void*>(bf16_.data())
-                                                   : static_cast<const void*>(i8_.data());
-            a.vscale = vscale_.data();
-            a.vcorr = vcorr_.data();
-            a.n = n;
-            a.dp = dp_;
-            const size_t elem = storage_ == Storage::F32 ? 4 : storage_ == Storage::BF16 ? 2 : 1;
-            int64_t q0 = 0, q1 = nq;
-            if (by_query) {  // contiguous query shares, in whole groups
-                const int64_t groups = (nq + kGroup - 1) / kGroup;
-                q0 = std::min(nq, groups * t / T * kGroup);
-                q1 = std::min(nq, groups * (t + 1) / T * kGroup);
-                a.p0 = 0;
-                a.p1 = npanels;
-                a.heaps = heaps.data() + q0;
-            } else {
-                a.p0 = npanels * t / T;
-                a.p1 = npanels * (t + 1) / T;
-                a.heaps = heaps.data() + t * nq;
-            }
-            if (q1 <= q0) return;
-            a.nq = q1 - q0;
-            a.queries = static_cast<const char*>(qdata) + q0 * dp_ * elem;
-            if (a.qscale) a.qscale += q0;
-            a.work = work[t].data();
-            try {  // an exception must not escape a std::thread
-                scan(a);
-                if (by_query) finish(q0, q1);
-            } catch (...) {
-                errors[t] = std::current_exception();
-            }
-        };
-
-        if (T == 1) {
-            run(0);
-        } else {
-            std::vector<std::thread> pool;
-            for (int64_t t = 1; t < T; ++t) pool.emplace_back(run, t);
-            run(0);
-            for (auto& th : pool) th.join();
-        }
-        for (auto& e : errors)
-            if (e) std::rethrow_exception(e);
-        if (!by_query) {
-            for (int64_t t = 1; t < chunks; ++t)
-                for (int64_t i = 0; i < nq; ++i) {
-                    const TopK& h = heaps[t * nq + i];
-                    for (int32_t c = 0; c < h.size; ++c) topk_push(heaps[i], h.score[c], h.pos[c]);
-                }
-            finish(0, nq);
-        }
-        }();
+        py::gil_scoped_release nogil;  // no Python object is touched inside
+        search_nogil(m, k, oversample, threads, kern, os, oi);
     }
     return py::make_tuple(out_scores, out_ids);
 }

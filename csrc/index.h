@@ -32,6 +32,12 @@ struct AlignedAlloc {
 template <class T>
 using AlignedVec = std::vector<T, AlignedAlloc<T>>;
 
+// A checked, row-major float32 [rows, dim] view of a caller's array.
+struct Matrix {
+    const float* data;
+    int64_t rows;
+};
+
 enum class Metric { Cosine, IP };
 enum class Storage { F32, BF16, I8 };
 
@@ -63,6 +69,9 @@ private:
     void clear(int64_t pos);
     void grow(int64_t n);
     void read_row(int64_t pos, float* out) const;
+    // The search proper, called without the GIL: writes os / oi [nq, k].
+    void search_nogil(const Matrix& m, int64_t k, int64_t oversample, int threads, const Kernels& kern, float* os,
+                      int64_t* oi) const;
 
     int64_t d_;
     int64_t dp_;  // d_ rounded up to group()
