@@ -25,6 +25,28 @@ import fastemb  # noqa: E402
 from fastemb.index import Index  # noqa: E402
 
 
+NOTES = """
+How to read this table:
+
+- fastemb stores vectors in panels of 16: one 64-byte row holds one dimension (float32), a pair
+  (bfloat16) or four dimensions (int8) of 16 vectors. The AVX-512 micro-kernel keeps 12 queries x
+  32 vectors of scores in 24 registers over the whole dimension (vfmadd231ps / vdpbf16ps /
+  vpdpbusd), then compares each 16 scores with each query's current k-th best; only scores that
+  pass touch the heap. The [q, N] score matrix never exists in memory (FAISS writes and re-reads
+  it in blocks after its sgemm). Database tiles of ~256 KB stay in L2 while every group of 12
+  queries passes over them.
+- Threads: a batch is split over threads by queries; one query is split by database ranges, each
+  thread with its own heaps, merged at the end.
+- batched G(FL)OP/s = q/s x N x d x 2: the arithmetic rate of the scan, to compare with the CPU's
+  peak (float32 FMA, bfloat16 dot-product pairs, int8 dot-product quads per instruction).
+- single GB/s = q/s x bytes scanned (N x d x 4, 2 or 1): one query reads the whole database once
+  and is bound by memory bandwidth, so int8 reads a quarter of float32's bytes.
+- bfloat16 / int8 keep k x oversample = 40 candidates per query and re-score them in float32
+  from float32 rows kept in memory (the memory column includes them): results match float32
+  search nearly always, at the price of memory (6 or 5 bytes per dimension instead of 4).
+"""
+
+
 def unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
     x = np.empty((n, d), dtype=np.float32)
     for s in range(0, n, 100_000):  # chunks keep the float64 temporaries small
@@ -187,7 +209,7 @@ def main() -> None:
     write_result(
         args.name,
         f"Exact top-{args.k} search, d = {args.d}, {args.queries:,} queries",
-        table(headers, rows),
+        table(headers, rows) + "\n" + NOTES,
         summary,
         versions={
             "faiss": faiss.__version__,
