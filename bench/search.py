@@ -24,7 +24,6 @@ from _common import table, write_result  # noqa: E402
 import fastemb  # noqa: E402
 from fastemb.index import Index  # noqa: E402
 
-
 NOTES = """
 How to read this table:
 
