@@ -2,6 +2,7 @@
 #include "index.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <exception>
@@ -357,51 +358,29 @@ void Index::search_nogil(const Matrix& m, int64_t k, int64_t oversample, int thr
         scan = kern.i8;
     }
 
-    // Threads over queries when there are enough of them (each thread scans the whole database
-    // for its share), else over database panels (each thread keeps its own heaps; merged below).
+    // Work is split into database ranges (tasks) handed out through an atomic counter, so a
+    // thread that the OS does not schedule (a busy machine) delays nothing: the others take its
+    // share. Each thread keeps its own heaps for every query; they are merged at the end.
     const int64_t npanels = (n + kLanes - 1) / kLanes;
+    constexpr int64_t kMinPanels = 256;  // 4,096 vectors: below that a thread costs more than it saves
     int64_t T = threads > 0 ? threads : std::max<int64_t>(1, std::thread::hardware_concurrency());
-    constexpr int64_t kGroup = 12, kMinPanels = 256;
-    const bool by_query = nq >= 2 * kGroup * T;
-    T = by_query ? T : std::max<int64_t>(1, std::min(T, npanels / kMinPanels));
-    const int64_t chunks = by_query ? 1 : T;  // heap sets
-    std::vector<float> hscore(static_cast<size_t>(chunks * nq * cap));
-    std::vector<int64_t> hpos(static_cast<size_t>(chunks * nq * cap));
-    std::vector<TopK> heaps(static_cast<size_t>(chunks * nq));
-    for (int64_t c = 0; c < chunks * nq; ++c)
+    const int64_t tasks = std::max<int64_t>(1, std::min(npanels / kMinPanels, 16 * T));
+    T = std::min(T, tasks);
+    std::vector<float> hscore(static_cast<size_t>(T * nq * cap));
+    std::vector<int64_t> hpos(static_cast<size_t>(T * nq * cap));
+    std::vector<TopK> heaps(static_cast<size_t>(T * nq));
+    for (int64_t c = 0; c < T * nq; ++c)
         heaps[c] = TopK{kNegInf, 0, static_cast<int32_t>(cap), hscore.data() + c * cap, hpos.data() + c * cap, ids_.data()};
     std::vector<std::vector<uint32_t>> work(static_cast<size_t>(T));
     for (auto& w : work) w.resize(static_cast<size_t>((nq + 16) * dp_));
     std::vector<std::exception_ptr> errors(static_cast<size_t>(T));
 
-    auto finish = [&](int64_t q0, int64_t q1) {  // merged heaps -> sorted, re-scored, padded rows
-        std::vector<Entry> e;
-        std::vector<const float*> rowp;
-        std::vector<float> exact;
-        for (int64_t i = q0; i < q1; ++i) {
-            const TopK& h = heaps[i];
-            e.resize(h.size);
-            for (int32_t c = 0; c < h.size; ++c) e[c] = {h.score[c], ids_[h.pos[c]], h.pos[c]};
-            if (storage_ != Storage::F32) {
-                rowp.resize(e.size());
-                exact.resize(e.size());
-                for (size_t c = 0; c < e.size(); ++c) rowp[c] = rows_.data() + e[c].pos * d_;
-                kern.dots(q.data() + i * d_, rowp.data(), static_cast<int64_t>(e.size()), d_, exact.data());
-                for (size_t c = 0; c < e.size(); ++c) e[c].score = exact[c];
-            }
-            const size_t top = std::min<size_t>(e.size(), static_cast<size_t>(k));
-            std::partial_sort(e.begin(), e.begin() + top, e.end(), better);
-            for (int64_t c = 0; c < k; ++c) {
-                const bool have = c < static_cast<int64_t>(top);
-                os[i * k + c] = have ? e[c].score : kNegInf;
-                oi[i * k + c] = have ? e[c].id : -1;
-            }
-        }
-    };
-
-    auto run = [&](int64_t t) {
+    std::atomic<int64_t> next_task{0};
+    auto scan_tasks = [&](int64_t t) {
         ScanArgs a{};
+        a.queries = qdata;
         a.qscale = qscale.empty() ? nullptr : qscale.data();
+        a.nq = nq;
         a.panels = storage_ == Storage::F32 ? static_cast<const void*>(f32_.data())
                    : storage_ == Storage::BF16 ? static_cast<const void*>(bf16_.data())
                                                : static_cast<const void*>(i8_.data());
@@ -409,51 +388,71 @@ void Index::search_nogil(const Matrix& m, int64_t k, int64_t oversample, int thr
         a.vcorr = vcorr_.data();
         a.n = n;
         a.dp = dp_;
-        const size_t elem = storage_ == Storage::F32 ? 4 : storage_ == Storage::BF16 ? 2 : 1;
-        int64_t q0 = 0, q1 = nq;
-        if (by_query) {  // contiguous query shares, in whole groups
-            const int64_t groups = (nq + kGroup - 1) / kGroup;
-            q0 = std::min(nq, groups * t / T * kGroup);
-            q1 = std::min(nq, groups * (t + 1) / T * kGroup);
-            a.p0 = 0;
-            a.p1 = npanels;
-            a.heaps = heaps.data() + q0;
-        } else {
-            a.p0 = npanels * t / T;
-            a.p1 = npanels * (t + 1) / T;
-            a.heaps = heaps.data() + t * nq;
-        }
-        if (q1 <= q0) return;
-        a.nq = q1 - q0;
-        a.queries = static_cast<const char*>(qdata) + q0 * dp_ * elem;
-        if (a.qscale) a.qscale += q0;
+        a.heaps = heaps.data() + t * nq;
         a.work = work[t].data();
-        try {  // an exception must not escape a std::thread
+        a.pack = true;  // once per thread
+        for (int64_t j; (j = next_task.fetch_add(1)) < tasks;) {
+            a.p0 = npanels * j / tasks;
+            a.p1 = npanels * (j + 1) / tasks;
             scan(a);
-            if (by_query) finish(q0, q1);
-        } catch (...) {
-            errors[t] = std::current_exception();
+            a.pack = false;
         }
     };
 
-    if (T == 1) {
-        run(0);
-    } else {
-        std::vector<std::thread> pool;
-        for (int64_t t = 1; t < T; ++t) pool.emplace_back(run, t);
-        run(0);
-        for (auto& th : pool) th.join();
-    }
-    for (auto& e : errors)
-        if (e) std::rethrow_exception(e);
-    if (!by_query) {
-        for (int64_t t = 1; t < chunks; ++t)
-            for (int64_t i = 0; i < nq; ++i) {
-                const TopK& h = heaps[t * nq + i];
-                for (int32_t c = 0; c < h.size; ++c) topk_push(heaps[i], h.score[c], h.pos[c]);
+    // Merge the threads' heaps into the first set, re-score (compressed storage), sort, pad.
+    constexpr int64_t kFinishChunk = 32;
+    std::atomic<int64_t> next_query{0};
+    auto finish = [&](int64_t) {
+        std::vector<Entry> e;
+        std::vector<const float*> rowp;
+        std::vector<float> exact;
+        for (int64_t q0; (q0 = next_query.fetch_add(kFinishChunk)) < nq;) {
+            for (int64_t i = q0; i < std::min(nq, q0 + kFinishChunk); ++i) {
+                for (int64_t t = 1; t < T; ++t) {
+                    const TopK& h = heaps[t * nq + i];
+                    for (int32_t c = 0; c < h.size; ++c) topk_push(heaps[i], h.score[c], h.pos[c]);
+                }
+                const TopK& h = heaps[i];
+                e.resize(h.size);
+                for (int32_t c = 0; c < h.size; ++c) e[c] = {h.score[c], ids_[h.pos[c]], h.pos[c]};
+                if (storage_ != Storage::F32) {
+                    rowp.resize(e.size());
+                    exact.resize(e.size());
+                    for (size_t c = 0; c < e.size(); ++c) rowp[c] = rows_.data() + e[c].pos * d_;
+                    kern.dots(q.data() + i * d_, rowp.data(), static_cast<int64_t>(e.size()), d_, exact.data());
+                    for (size_t c = 0; c < e.size(); ++c) e[c].score = exact[c];
+                }
+                const size_t top = std::min<size_t>(e.size(), static_cast<size_t>(k));
+                std::partial_sort(e.begin(), e.begin() + top, e.end(), better);
+                for (int64_t c = 0; c < k; ++c) {
+                    const bool have = c < static_cast<int64_t>(top);
+                    os[i * k + c] = have ? e[c].score : kNegInf;
+                    oi[i * k + c] = have ? e[c].id : -1;
+                }
             }
-        finish(0, nq);
-    }
+        }
+    };
+
+    // Runs fn(t) on T threads (the caller is thread 0); an exception must not escape a std::thread.
+    auto parallel = [&](auto&& fn, int64_t nthreads) {
+        auto guarded = [&](int64_t t) {
+            try {
+                fn(t);
+            } catch (...) {
+                errors[t] = std::current_exception();
+            }
+        };
+        std::vector<std::thread> pool;
+        for (int64_t t = 1; t < nthreads; ++t) pool.emplace_back(guarded, t);
+        guarded(0);
+        for (auto& th : pool) th.join();
+        for (auto& e : errors)
+            if (e) std::rethrow_exception(e);
+    };
+    parallel(scan_tasks, T);
+    // Finishing is cheap for float32 (a sort of k entries); compressed storage re-scores
+    // k * oversample candidates per query, worth threads for large batches.
+    parallel(finish, storage_ != Storage::F32 && nq >= 4 * kFinishChunk ? T : 1);
 }
 
 py::tuple Index::search(const py::array& queries, int64_t k, int64_t oversample, int threads, bool force_generic) const {

@@ -43,6 +43,7 @@ struct ScanArgs {
     int64_t dp;           // padded dimension
     TopK* heaps;          // [nq]
     void* work;           // scratch for packed queries: at least (nq + 16) * dp * 4 bytes
+    bool pack;            // pack the queries into `work` first (false: reuse the last packing)
 };
 
 using ScanFn = void (*)(const ScanArgs&);

@@ -59,7 +59,7 @@ static void scan(const fastemb::ScanArgs& a) {
     const int64_t groups = (a.nq + kM - 1) / kM;
     // Packed queries, group after group, each [steps, m], in the caller's scratch buffer.
     auto* packed = static_cast<typename Op::Packed*>(a.work);
-    for (int64_t g = 0; g < groups; ++g) {
+    for (int64_t g = 0; a.pack && g < groups; ++g) {
         const int64_t q0 = g * kM;
         const int m = static_cast<int>(a.nq - q0 < kM ? a.nq - q0 : kM);
         Op::pack(a, q0, m, steps, packed + g * steps * kM);

@@ -143,8 +143,8 @@ def test_compressed_storage_recall_and_exact_rescoring(storage: str, generic: bo
 @pytest.mark.parametrize("storage", STORAGES)
 def test_batch_threads_and_kernel_split_do_not_change_results(storage: str) -> None:
     rng = np.random.default_rng(3)
-    x = rng.standard_normal((9000, 8)).astype(np.float32)  # > 2 x 256 panels: database split
-    q = rng.standard_normal((60, 8)).astype(np.float32)  # >= 2 x 12 x 2: query split
+    x = rng.standard_normal((9000, 8)).astype(np.float32)  # > 2 x 256 panels: two tasks, merged
+    q = rng.standard_normal((60, 8)).astype(np.float32)  # 5 groups of 12 queries
     index = Index(8, storage=storage, threads=2)
     index.add(x)
     batch_s, batch_i = index.search(q, 5)
