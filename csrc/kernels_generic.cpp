@@ -1,6 +1,7 @@
 // Portable kernels (any x86-64 or other CPU); same panel layout and summation order as the SIMD
 // ones, but float32 products are rounded before the add (no FMA), so float32 scores may differ
 // from the AVX-512 path in the last bit. Results are consistent within one path.
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -26,33 +27,62 @@ inline void emit(const float* s, TopK& h, int64_t pos0, int64_t n) {
     }
 }
 
+// Tiles of ~256 KB of panels stay in cache while every block of kQ queries passes over them.
 template <class Elem, int G, class Score>
 void scan_panels(const ScanArgs& a, Score score) {
     const Elem* panels = static_cast<const Elem*>(a.panels);
     const int64_t pstride = a.dp * kLanes;
-    for (int64_t q0 = 0; q0 < a.nq; q0 += kQ) {
-        const int mq = static_cast<int>(a.nq - q0 < kQ ? a.nq - q0 : kQ);
-        for (int64_t p = a.p0; p < a.p1; ++p) {
-            float s[kQ][kLanes];
-            score(q0, mq, panels + p * pstride, p, s);
-            for (int i = 0; i < mq; ++i) emit(s[i], a.heaps[q0 + i], p * kLanes, a.n);
+    const int64_t tile = std::max<int64_t>(1, (256 * 1024) / (pstride * static_cast<int64_t>(sizeof(Elem))));
+    for (int64_t t0 = a.p0; t0 < a.p1; t0 += tile) {
+        const int64_t t1 = std::min(a.p1, t0 + tile);
+        for (int64_t q0 = 0; q0 < a.nq; q0 += kQ) {
+            const int mq = static_cast<int>(a.nq - q0 < kQ ? a.nq - q0 : kQ);
+            for (int64_t p = t0; p < t1; ++p) {
+                float s[kQ][kLanes];
+                score(q0, mq, panels + p * pstride, p, s);
+                for (int i = 0; i < mq; ++i) emit(s[i], a.heaps[q0 + i], p * kLanes, a.n);
+            }
         }
     }
+}
+
+// GCC/Clang vector extension: 4 floats, lowered to SSE2 on any x86-64 (NEON elsewhere). Written
+// out because the auto-vectorizer picks the wrong loop here (7 GFLOP/s instead of ~25).
+typedef float v4f __attribute__((vector_size(16)));
+
+inline v4f load4(const float* p) {
+    v4f v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+}
+
+// Two queries x one panel: 8 accumulators + 4 panel vectors fit SSE2's 16 registers.
+template <int M>
+void f32_block(const float* q, int64_t dp, const float* x, float (*s)[kLanes]) {
+    v4f acc[M][4] = {};
+    for (int64_t j = 0; j < dp; ++j) {
+        const float* xj = x + j * kLanes;
+        const v4f x0 = load4(xj), x1 = load4(xj + 4), x2 = load4(xj + 8), x3 = load4(xj + 12);
+        for (int i = 0; i < M; ++i) {
+            const float qj = q[i * dp + j];
+            const v4f b = {qj, qj, qj, qj};
+            acc[i][0] = acc[i][0] + b * x0;
+            acc[i][1] = acc[i][1] + b * x1;
+            acc[i][2] = acc[i][2] + b * x2;
+            acc[i][3] = acc[i][3] + b * x3;
+        }
+    }
+    for (int i = 0; i < M; ++i) std::memcpy(s[i], acc[i], sizeof acc[i]);
 }
 
 void scan_f32(const ScanArgs& a) {
     const float* q = static_cast<const float*>(a.queries);
     const int64_t dp = a.dp;
     scan_panels<float, 1>(a, [&](int64_t q0, int mq, const float* x, int64_t, float (*s)[kLanes]) {
-        for (int i = 0; i < mq; ++i) {
-            float acc[kLanes] = {};
-            const float* qi = q + (q0 + i) * dp;
-            for (int64_t j = 0; j < dp; ++j) {
-                const float qj = qi[j];
-                const float* xj = x + j * kLanes;
-                for (int l = 0; l < kLanes; ++l) acc[l] = acc[l] + qj * xj[l];
-            }
-            std::memcpy(s[i], acc, sizeof acc);
+        const float* qb = q + q0 * dp;
+        for (int i = 0; i < mq; i += 2) {
+            if (mq - i >= 2) f32_block<2>(qb + i * dp, dp, x, s + i);
+            else f32_block<1>(qb + i * dp, dp, x, s + i);
         }
     });
 }
