@@ -180,8 +180,8 @@ class Index:
                 for part in (
                     _PREFIX.pack(_MAGIC, _VERSION, len(header)),
                     header,
-                    ids.tobytes(),
-                    vectors.tobytes(),
+                    ids.reshape(-1).view(np.uint8),  # views, no copy: vectors can be gigabytes
+                    vectors.reshape(-1).view(np.uint8),
                 ):
                     crc = zlib.crc32(part, crc)
                     f.write(part)
