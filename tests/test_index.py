@@ -226,3 +226,41 @@ def test_accepted_inputs_are_converted_consistently() -> None:
     one_s, one_i = index.search(q[0], 4)
     assert one_s.shape == (4,) and one_i.shape == (4,)
     np.testing.assert_array_equal(one_i, ref[1][0])
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    ops=st.lists(
+        st.tuples(st.sampled_from(["add", "remove", "search"]), st.integers(0, 2**31 - 1)),
+        min_size=1,
+        max_size=12,
+    ),
+    d=st.integers(1, 6),
+)
+def test_property_add_remove_search_sequence(ops: list[tuple[str, int]], d: int) -> None:
+    """Any sequence of add / remove / search agrees with a dict of id -> vector."""
+    index = Index(d, "ip")
+    model: dict[int, np.ndarray] = {}
+    for op, seed in ops:
+        rng = np.random.default_rng(seed)
+        if op == "add":
+            x = rng.integers(-3, 4, size=(int(rng.integers(0, 40)), d)).astype(np.float32)
+            ids = index.add(x)
+            model.update(zip(ids.tolist(), x, strict=True))
+        elif op == "remove" and model:
+            gone = rng.choice(
+                sorted(model), size=int(rng.integers(1, len(model) + 1)), replace=False
+            )
+            index.remove(gone)
+            for i in gone.tolist():
+                del model[i]
+        else:
+            q = rng.integers(-3, 4, size=(3, d)).astype(np.float32)
+            k = int(rng.integers(1, 50))
+            ids = np.array(sorted(model), dtype=np.int64)
+            x = np.stack([model[i] for i in ids]) if model else np.zeros((0, d), np.float32)
+            scores, got = index.search(q, k)
+            ref_s, ref_i = reference(x, ids, q, k, "ip")
+            np.testing.assert_array_equal(got, ref_i)
+            np.testing.assert_array_equal(scores, ref_s.astype(np.float32))
+        assert len(index) == len(model)
