@@ -148,6 +148,39 @@ def run(n: int, args: argparse.Namespace, rng: np.random.Generator) -> dict[str,
     return res
 
 
+# The issue's goals, as (method, measure, minimum ratio to FAISS); recall@10 >= 0.99 throughout.
+GOALS = [
+    ("fastemb float32", "batched", 1.0),
+    ("fastemb bfloat16", "batched", 2.0),
+    ("fastemb int8", "batched", 3.0),
+    ("fastemb int8", "single", 3.0),
+]
+
+
+def goals(summary: dict, sizes: list[int]) -> tuple[str, dict[str, bool]]:
+    rows, met = [], {}
+    for n in sizes:
+        for method, measure, want in GOALS:
+            r = summary[str(n)][method]
+            ratio, ok = (
+                r[f"{measure}_vs_faiss"],
+                r[f"{measure}_vs_faiss"] >= want and r["recall"] >= 0.99,
+            )
+            met[f"{n} {method} {measure}"] = bool(ok)
+            rows.append(
+                [
+                    f"{n:,}",
+                    method,
+                    measure,
+                    f">= {want:.1f}x",
+                    f"{ratio:.2f}x",
+                    f"{r['recall']:.4f}",
+                    "yes" if ok else "NO",
+                ]
+            )
+    return table(["N", "method", "measure", "goal", "vs FAISS", "recall@10", "met"], rows), met
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--n", type=int, nargs="+", default=[200_000, 1_000_000])
@@ -193,6 +226,7 @@ def main() -> None:
             name: {key: round(v, 4) for key, v in r.items()} for name, r in res.items()
         }
 
+    goal_table, summary["goals_met"] = goals(summary, args.n)
     headers = [
         "N",
         "method",
@@ -208,7 +242,7 @@ def main() -> None:
     write_result(
         args.name,
         f"Exact top-{args.k} search, d = {args.d}, {args.queries:,} queries",
-        table(headers, rows) + "\n" + NOTES,
+        table(headers, rows) + "\n\nGoals (issue 3), same run:\n\n" + goal_table + "\n" + NOTES,
         summary,
         versions={
             "faiss": faiss.__version__,
