@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pybind11.setup_helpers import Pybind11Extension, build_ext
+from pybind11.setup_helpers import ParallelCompile, Pybind11Extension, build_ext
 from setuptools import setup
 
 SOURCES = [
@@ -27,6 +27,9 @@ here = Path(__file__).resolve().parent
 missing = [p for p in SOURCES + HEADERS if not (here / p).is_file()]
 if missing:
     raise SystemExit(f"setup.py: C++ sources missing: {', '.join(missing)}")
+
+# Compile the sources in parallel (NPY_NUM_BUILD_JOBS, default: all cores).
+ParallelCompile("NPY_NUM_BUILD_JOBS").install()
 
 ext_modules = [
     Pybind11Extension(
