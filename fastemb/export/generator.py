@@ -15,8 +15,9 @@ Two ONNX graphs, float32, everything beam search needs (``fastemb.Generator`` ru
     ``past + 1`` positions (the new token is segment 1 and attends everything before it).
 
 The legacy TorchScript exporter is used (``dynamo=False``): with ``dynamic_axes`` it traces the
-cache concatenation with a symbolic length in one pass, and the graphs it writes run on
-onnxruntime without rewrites; the dynamo exporter needs ``Dim`` specs for every cache input.
+cache concatenation with a symbolic length in one pass, and its graphs run on onnxruntime as they
+are. The dynamo exporter (torch 2.13) failed in ``torch.export`` on the decode step with a dynamic
+cache length (``Dim`` specs for batch and past length, strict and non-strict both tried).
 """
 
 from __future__ import annotations
