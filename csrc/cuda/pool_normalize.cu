@@ -46,7 +46,7 @@ __device__ float block_sum(float v, float* scratch /* 32 floats */) {
     return total;
 }
 
-__global__ void pool_normalize_f16(const __half* __restrict__ hidden, const int64_t* __restrict__ mask,
+__global__ void __launch_bounds__(kMaxThreads) pool_normalize_f16(const __half* __restrict__ hidden, const int64_t* __restrict__ mask,
                                    float* __restrict__ out, float* __restrict__ pooled_out,
                                    int seq, int dim, int groups, float eps) {
     extern __shared__ float partial[];  // [groups][dim]; row 0 ends up holding the pooled vector
