@@ -230,3 +230,27 @@ def test_cli_tensorrt_fails_before_exporting(tiny_bert, tmp_path, capsys) -> Non
     assert not out.exists()
     assert main(["export", str(tiny_bert), str(out), "--tensorrt", "--tensorrt-batch", "8,4,16"]) == 2
     assert "1 <= min <= opt <= max" in capsys.readouterr().err
+
+
+def test_export_tensorrt_refuses_bad_requests_before_building(tiny_bundle, tmp_path) -> None:
+    import json
+    import shutil
+
+    from fastemb.bundle import BundleError
+    from fastemb.export.tensorrt import export_tensorrt
+
+    with pytest.raises(ValueError, match="precision must be one of fp32, fp16, int8"):
+        export_tensorrt(tiny_bundle, precision="int4", log=None)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="sequence max 512 is above the bundle's max_length 128"):
+        export_tensorrt(tiny_bundle, seq="1,64,512", log=None)
+    b = tmp_path / "b16"
+    shutil.copytree(tiny_bundle, b)
+    manifest = json.loads((b / "fastemb.json").read_text())
+    manifest["precision"] = "fp16"
+    (b / "fastemb.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="already float16; build a fp32 plan from an fp32 bundle"):
+        export_tensorrt(b, precision="fp32", log=None)
+    manifest["precision"] = "int8"
+    (b / "fastemb.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="dynamically quantized for the CPU"):
+        export_tensorrt(b, log=None)

@@ -51,6 +51,8 @@ def export_tensorrt(bundle_dir: str | Path, *, batch: str | Sequence[int] = (1, 
     if m.precision == "int8":
         raise BundleError(f"{bundle.dir}: the graph is dynamically quantized for the CPU (MatMulInteger), which TensorRT "
                           "does not run; build the plan from an fp32 bundle with --tensorrt-precision int8")
+    if m.precision == "fp16" and precision != "fp16":
+        raise BundleError(f"{bundle.dir}: the graph is already float16; build a {precision} plan from an fp32 bundle")
     profile = Profile.create(batch, seq, max_length=m.max_length)
     onnx_path = bundle.graph("encoder")
     plan = bundle.dir / PLAN
