@@ -31,14 +31,14 @@ class CachedStepModel:
         self.model = model
         self.cache = KVCache(model.num_layers)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def start(self, input_ids: np.ndarray) -> np.ndarray:
         self.cache.reset()
         ids = torch.as_tensor(input_ids, dtype=torch.long)
         hidden = self.model.hidden_states(ids, cache=self.cache)
         return self.model.lm_logits(hidden[:, -1]).float().numpy()
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def step(self, tokens: np.ndarray, order: np.ndarray) -> np.ndarray:
         order_t = torch.as_tensor(order, dtype=torch.long)
         if len(order) != self.cache.mask.shape[0] or not torch.equal(order_t, torch.arange(len(order))):
@@ -54,13 +54,13 @@ class RecomputeStepModel:
     def __init__(self, model: SimBERT) -> None:
         self.model = model
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def start(self, input_ids: np.ndarray) -> np.ndarray:
         self.source = torch.as_tensor(input_ids, dtype=torch.long)
         self.target = torch.zeros((1, 0), dtype=torch.long)
         return self._logits()
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def step(self, tokens: np.ndarray, order: np.ndarray) -> np.ndarray:
         self.target = torch.cat(
             [self.target[torch.as_tensor(order)], torch.as_tensor(tokens, dtype=torch.long)[:, None]], 1

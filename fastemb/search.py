@@ -45,7 +45,8 @@ class _Vocab:
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
-    x = logits.astype(np.float64)
+    """float32 (the logits' precision; float64 here cost a millisecond per step at vocab 30k)."""
+    x = logits.astype(np.float32, copy=False)
     x = x - x.max(axis=-1, keepdims=True)
     return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
@@ -124,19 +125,20 @@ class BeamSearch:
         finished: list[Hypothesis] = []
         for t in range(max_new_tokens):
             logp = _mask(log_softmax(logits), vocab, t)
-            cand = (scores[:, None] + logp).ravel()
+            cand = (scores.astype(np.float32)[:, None] + logp).ravel()  # ranking in float32
             width = logp.shape[1]
             rows, toks, new_scores = [], [], []
             for i in _top(cand, 2 * k):
                 if not np.isfinite(cand[i]):
                     break
                 row, tok = divmod(int(i), width)
+                total = float(scores[row]) + float(logp[row, tok])  # sums kept in float64
                 if tok == end_id:
-                    finished.append(Hypothesis(seqs[row], norm(float(cand[i]), t + 1), True))
+                    finished.append(Hypothesis(seqs[row], norm(total, t + 1), True))
                 else:
                     rows.append(row)
                     toks.append(tok)
-                    new_scores.append(float(cand[i]))
+                    new_scores.append(total)
                     if len(rows) == k:
                         break
             seqs = [seqs[r] + [tok] for r, tok in zip(rows, toks, strict=True)]
@@ -192,7 +194,7 @@ class Sampling:
             keep, toks = [], []
             for r, s in enumerate(alive):
                 tok = int(rng.choice(probs.shape[1], p=probs[r]))
-                scores[s] += logp[r, tok]
+                scores[s] += float(logp[r, tok])
                 if tok == end_id:
                     done[s] = Hypothesis(seqs[s], float(scores[s]) / (t + 1), True)
                 else:
@@ -209,7 +211,7 @@ class Sampling:
         return [done[s] for s in range(self.num)]
 
     def _filter(self, logp: np.ndarray) -> np.ndarray:
-        x = logp / self.temperature
+        x = logp.astype(np.float64) / self.temperature
         if 0 < self.top_k < x.shape[1]:
             kth = -np.partition(-x, self.top_k - 1, axis=1)[:, self.top_k - 1 : self.top_k]
             x = np.where(x >= kth, x, -np.inf)

