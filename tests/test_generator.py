@@ -45,10 +45,14 @@ def test_manifest(exported):
     assert m["kind"] == "generator" and m["format_version"] == 1 and m["precision"] == "fp32"
     assert m["dim"] == 32 and m["max_length"] == 32 and m["pooling"] == "cls"
     assert m["graphs"] == {"encode_source": "encode_source.onnx", "decode_step": "decode_step.onnx"}
-    assert set(m["files"]) == {"encode_source.onnx", "decode_step.onnx", "tokenizer.json"}
+    assert set(m["files"]) == {"encode_source.onnx", "decode_step.onnx", "weights.bin", "tokenizer.json"}
+    # the weights are stored once, shared by both graphs
+    graphs = sum((exported[1] / g).stat().st_size for g in ("encode_source.onnx", "decode_step.onnx"))
+    n_params = sum(p.numel() for p in exported[0].mlm.parameters())  # tied: the embedding counts once
+    assert graphs < 100_000 and (exported[1] / "weights.bin").stat().st_size <= 4 * n_params + 64 * 120
     assert m["extra"]["end_id"] == 3 and sorted(m["extra"]["banned_ids"]) == [0, 1, 2, 4]
     assert "past.1.value" in m["extra"]["decode_step"]["inputs"]
-    assert not list(exported[1].glob("*.pkl")) and not list(exported[1].glob("*.bin"))
+    assert not [p for p in exported[1].iterdir() if p.suffix in (".pkl", ".pt", ".pth") or p.name == "pytorch_model.bin"]
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,9 @@ Two ONNX graphs, float32, everything beam search needs (``fastemb.Generator`` ru
     outputs ``logits`` ``[batch, vocab]`` of the next token and ``present.{i}.*`` with
     ``past + 1`` positions (the new token is segment 1 and attends everything before it).
 
+Both graphs hold the same weights; they are stored once, in ``weights.bin``, which both reference
+as ONNX external data (offset + length per tensor), so the bundle is not twice the model's size.
+
 The legacy TorchScript exporter is used (``dynamo=False``): with ``dynamic_axes`` it traces the
 cache concatenation with a symbolic length in one pass, and its graphs run on onnxruntime as they
 are. The dynamo exporter (torch 2.13) failed in ``torch.export`` on the decode step with a dynamic
@@ -74,6 +77,36 @@ def _graphs(model):
             return (self.model.lm_logits(hidden[:, -1]), *flat(cache))
 
     return EncodeSource().eval(), DecodeStep().eval()
+
+
+def share_weights(graphs: list[Path], weights: str = "weights.bin", min_bytes: int = 1024) -> None:
+    """Move the initializers of ``graphs`` (one directory) into one external-data file, each
+    distinct tensor once (same dtype, shape and bytes), 64-byte aligned; rewrite the graphs."""
+    import hashlib
+
+    import onnx
+
+    models = [onnx.load(str(g)) for g in graphs]
+    where: dict[bytes, tuple[int, int]] = {}
+    with open(graphs[0].parent / weights, "wb") as f:
+        for model in models:
+            for t in model.graph.initializer:
+                if not t.HasField("raw_data") or len(t.raw_data) < min_bytes:
+                    continue
+                key = hashlib.sha256(bytes([t.data_type]) + str(list(t.dims)).encode() + t.raw_data).digest()
+                if key not in where:
+                    f.write(b"\0" * (-f.tell() % 64))
+                    where[key] = (f.tell(), len(t.raw_data))
+                    f.write(t.raw_data)
+                offset, length = where[key]
+                t.ClearField("raw_data")
+                t.data_location = onnx.TensorProto.EXTERNAL
+                del t.external_data[:]
+                for k, v in (("location", weights), ("offset", str(offset)), ("length", str(length))):
+                    entry = t.external_data.add()
+                    entry.key, entry.value = k, v
+    for model, g in zip(models, graphs, strict=True):
+        onnx.save(model, str(g))
 
 
 def state_names(num_layers: int, prefix: str) -> list[str]:
@@ -137,6 +170,7 @@ def export_generator(
                 **{n: {0: "batch", 2: "past_plus_one"} for n in present},
             },
         )
+        share_weights([tmp / "encode_source.onnx", tmp / "decode_step.onnx"])
         shutil.copyfile(tok_file, tmp / "tokenizer.json")
         special = {
             name: getattr(model.tokenizer, f"{name}_token_id")
