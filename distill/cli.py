@@ -123,6 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="optimizer steps between evaluations/checkpoints",
     )
     g.add_argument(
+        "--eval-first",
+        action="store_true",
+        help="also evaluate the starting model (step 0); it is kept if nothing beats it",
+    )
+    g.add_argument(
         "--test",
         nargs="*",
         metavar="SPLIT|FILE",
@@ -299,6 +304,7 @@ def cmd_teach(args: argparse.Namespace) -> int:
         warmup_ratio=args.warmup_ratio,
         max_grad_norm=args.max_grad_norm,
         eval_every=args.eval_every,
+        eval_first=args.eval_first,
         seed=args.seed,
         amp=not args.no_amp,
         progress=not args.no_progress,

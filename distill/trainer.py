@@ -50,6 +50,9 @@ class TrainConfig:
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0
     eval_every: int = 100  # optimizer steps between evaluations + checkpoints; 0: only at the end
+    eval_first: bool = (
+        False  # also evaluate the starting weights (step 0), which can then be the best
+    )
     log_every: int = 10
     seed: int = 42
     amp: bool = True  # CUDA only
@@ -120,6 +123,12 @@ def train(
         total=total, initial=step, disable=rank != 0 or not config.progress, desc=objective.name
     )
     t0, running, seen = time.time(), 0.0, 0
+    if config.eval_first and step == 0 and evaluate is not None and rank == 0:
+        score = float(evaluate(objective.encoder))  # eval mode, no RNG: determinism unaffected
+        log["records"].append({"step": 0, "eval": score})
+        bar.write(f"step 0: eval {score:.2f}")
+        state["best"], state["best_step"] = score, 0
+        objective.encoder.save(out / "best")
     try:
         while step < total:
             epoch, in_epoch = divmod(step, steps_per_epoch)

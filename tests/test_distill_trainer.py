@@ -173,3 +173,12 @@ def test_torchrun_two_processes_end_with_equal_weights(tiny_dir, tmp_path):
         start["backbone.embeddings.word_embeddings.weight"],
     )
     assert json.loads((out / "last" / "state.json").read_text())["world_size"] == 2
+
+
+def test_eval_first_can_keep_the_starting_model(tiny_dir, tmp_path):
+    scores = iter([9.0, 5.0, 3.0])
+    _, summary = run(tiny_dir, tmp_path / "o", evaluate=lambda enc: next(scores), eval_first=True)
+    assert (summary["best"], summary["best_step"]) == (9.0, 0)
+    start = SentenceEncoder.from_pretrained(tiny_dir).state_dict()
+    best = SentenceEncoder.from_pretrained(tmp_path / "o" / "best").state_dict()
+    assert all(torch.equal(start[k], best[k]) for k in start)
