@@ -169,3 +169,23 @@ def test_minilm_bundle_matches_sentence_transformers(minilm_bundle: Path) -> Non
     got = Encoder(minilm_bundle).encode(texts)
     assert cosines(got, ref).min() >= 0.9999
     assert Bundle(minilm_bundle).manifest.max_length == 256
+
+
+def test_smoothquant_rescaling_is_exact_in_float32(tiny_bundle: Path, tmp_path: Path) -> None:
+    """SmoothQuant moves scale from activations to weights: the float32 graph computes the same."""
+    import onnx
+
+    from fastemb.export.smooth import smooth
+    from fastemb.tokenize import load_tokenizer, pad_batch
+
+    tok = load_tokenizer(tiny_bundle / "tokenizer.json", 128)
+    inputs = ["input_ids", "attention_mask", "token_type_ids"]
+    feeds = [pad_batch([e.ids for e in tok.encode_batch(TEXTS)], inputs)]
+    n = smooth(tiny_bundle / "model.onnx", tmp_path / "s.onnx", feeds, alpha=0.7)
+    assert n == 2 * 4  # per layer: QKV (shared input), attention output, FFN in, FFN out
+    assert sum(node.op_type == "Mul" and node.name.startswith("/smooth/") for node in onnx.load(str(tmp_path / "s.onnx")).graph.node) == n
+    import onnxruntime as ort
+
+    a = ort.InferenceSession(str(tiny_bundle / "model.onnx")).run(["pooled_embedding"], feeds[0])[0]
+    b = ort.InferenceSession(str(tmp_path / "s.onnx")).run(["pooled_embedding"], feeds[0])[0]
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

@@ -29,6 +29,7 @@ def export(
     overwrite: bool = False,
     check: bool = True,
     max_int8_drop: float | None = None,
+    smooth_alpha: float | None = 0.7,
     log: Callable[[str], None] | None = print,
 ) -> Path:
     """Export ``src`` (sentence-transformers, Hugging Face BERT-family or distill TextCNN
@@ -74,8 +75,14 @@ def export(
             fp32 = stage / ".fp32.onnx"
             graph.replace(fp32)
             if quantize == "int8":
+                if smooth_alpha is not None:
+                    from fastemb.export.smooth import smooth
+
+                    n = smooth(fp32, fp32, _calibration_feeds(stage, source), alpha=smooth_alpha)
+                    say(f"SmoothQuant (alpha {smooth_alpha}): rescaled {n} MatMul inputs")
                 onnx_graph.quantize_int8(fp32, graph)
                 manifest.precision = "int8"
+                manifest.source["smooth_alpha"] = smooth_alpha
                 say("quantized to int8 (dynamic: int8 weights per channel, uint8 activations per tensor)")
             else:
                 onnx_graph.to_fp16(fp32, graph)
@@ -89,6 +96,17 @@ def export(
         write_manifest(stage, manifest)
     say(f"wrote {out} ({manifest.precision}) in {time.perf_counter() - t0:.1f} s")
     return Path(out)
+
+
+def _calibration_feeds(stage: Path, source) -> list[dict]:
+    """The check sentences, tokenized and padded as the runtime does, in batches of 32."""
+    from fastemb.export.check import check_texts
+    from fastemb.tokenize import load_tokenizer, pad_batch, pad_id_of
+
+    tok = load_tokenizer(stage / "tokenizer.json", source.max_length)
+    texts = check_texts()
+    return [pad_batch([e.ids for e in tok.encode_batch(texts[i : i + 32])], source.inputs, pad_id_of(tok))
+            for i in range(0, len(texts), 32)]
 
 
 class _Checker:
