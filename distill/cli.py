@@ -4,6 +4,8 @@ teach      train a sentence encoder with one objective (SBERT, SimCSE, SimBERT, 
 textcnn    create a TextCNN encoder directory (character vocabulary or a teacher's tokenizer)
 whiten     fit whitening on a corpus and save it with the model
 evaluate   Spearman x 100 of a model on STS-B splits or scored-pair files
+shrink     distill a teacher into a tiny-BERT or TextCNN student and export its bundles
+main       the main job (also: no arguments): shrink all-MiniLM-L6-v2, export, compare
 """
 
 from __future__ import annotations
@@ -13,12 +15,6 @@ import inspect
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-
-MAIN_JOB_MESSAGE = (
-    "python -m distill with no arguments will run the main job (shrink the bundled all-MiniLM-L6-v2 into a "
-    "small student, export both, print quality and speed); it lands with issue 5.\n"
-    "Available now: python -m distill teach|textcnn|whiten|evaluate --help"
-)
 
 # constructor keyword -> CLI flag (dest); a keyword is passed only to objectives that take it.
 # "scale" means a different thing per objective, hence the per-objective flags.
@@ -206,21 +202,80 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", nargs="+", default=["test"], metavar="SPLIT|FILE")
     e.add_argument("--batch-size", type=int, default=64)
     e.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser(
+        "shrink", help="distill a teacher into a small student and export it",
+        formatter_class=_Formatter,
+        description=(
+            "Distill TEACHER (a sentence-transformers or Hugging Face encoder directory) into a student:\n"
+            "  tinybert  the teacher's embeddings and --layers of its layers, evenly spaced (6 -> 3: 0, 2, 5)\n"
+            "  textcnn   the teacher's tokenizer and word embeddings, convolutions of widths 1-3, max pooling\n"
+            "The student learns the teacher's vectors of the shipped corpus (cached on disk). Writes\n"
+            "OUT/train (best/, resumable last/, log.json, train.png), OUT/bundle-fp32 and OUT/bundle-int8."
+        ),
+    )
+    s.add_argument("--teacher", required=True, metavar="DIR")
+    s.add_argument("--student", choices=["tinybert", "textcnn"], default="tinybert")
+    s.add_argument("--layers", type=int, default=3, help="tiny-BERT layers")
+    s.add_argument("--hidden-size", type=int, help="tiny-BERT width (smaller: random init + projection)")
+    s.add_argument("--loss", choices=["mse", "cosine", "similarity"], default="mse")
+    s.add_argument("--corpus", metavar="FILE", help="one sentence per line (default: the shipped corpus)")
+    s.add_argument("--max-sentences", type=int)
+    s.add_argument("--epochs", type=int, default=1)
+    s.add_argument("--max-steps", type=int)
+    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--lr", type=float, help="default 1e-4 (tiny-BERT), 2e-3 (TextCNN)")
+    s.add_argument("--max-length", type=int, default=128)
+    s.add_argument("--eval-every", type=int, default=250)
+    s.add_argument("--seed", type=int, default=42)
+    s.add_argument("--cache-dir", default=".cache/distill")
+    s.add_argument("--out", required=True, metavar="DIR")
+    s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--resume", action="store_true")
+    s.add_argument("--no-export", action="store_true")
+    s.set_defaults(func=cmd_shrink)
+
+    m = sub.add_parser("main", help="the main job (what `python -m distill` runs)", formatter_class=_Formatter,
+                       description=__import__("distill.main_job", fromlist=["x"]).__doc__)
+    m.add_argument("--out", default=".cache/distill/main")
+    m.add_argument("--tinybert-steps", type=int, default=500)
+    m.add_argument("--textcnn-steps", type=int, default=800)
+    m.add_argument("--rounds", type=int, default=2, help="interleaved speed rounds")
+    m.add_argument("--retrain", action="store_true", help="train the students again even if OUT has them")
+    m.set_defaults(func=cmd_main)
     return parser
+
+
+def cmd_shrink(args: argparse.Namespace) -> int:
+    from distill.shrink import ShrinkConfig, shrink
+
+    fields = ShrinkConfig.__dataclass_fields__
+    cfg = ShrinkConfig(**{k: v for k, v in vars(args).items() if k in fields and k != "export"},
+                       export=not args.no_export)
+    result = shrink(cfg)
+    print(f"student: {result['model']}")
+    return 0
+
+
+def cmd_main(args: argparse.Namespace) -> int:
+    from distill.main_job import MainConfig, run
+
+    fields = MainConfig.__dataclass_fields__
+    run(MainConfig(**{k: v for k, v in vars(args).items() if k in fields}))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
-        print(MAIN_JOB_MESSAGE)
-        return 0
+        argv = ["main"]
     args = build_parser().parse_args(argv)
     if args.command is None:
         build_parser().print_help()
         return 0
     try:
         return args.func(args) or 0
-    except (ValueError, FileExistsError, FileNotFoundError, NotImplementedError) as err:
+    except (ValueError, FileExistsError, FileNotFoundError, NotImplementedError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -227,7 +227,9 @@ def _load_textcnn(src: Path, config: dict[str, Any], max_length: int | None) -> 
     model = TextCNN.load(src).eval()
     normalize = bool(config.get("normalize", True))
     module = build_pipeline(model, "mean", [], hf=False)
-    dim = int(config.get("output_dim") or config.get("dim"))
+    dim = int(config.get("out_dim") or config.get("dim") or 0)
+    if dim < 1:
+        raise ValueError(f"{src}/config.json: a TextCNN config needs out_dim")
     return Source(module, ["input_ids", "attention_mask"], str(config.get("pooling", "max")), normalize, dim,
                   int(max_length or config.get("max_length", 256)), _tokenizer_file(src, src),
                   {"format": "distill-textcnn", "path": str(src), "model_type": "textcnn"})

