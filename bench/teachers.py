@@ -103,8 +103,8 @@ def run_plans() -> dict[str, dict]:
                 "--kernel-sizes 1,2,3,4 --out-dim 384 --max-length 64",
                 f"{T} evaluate --model {out}/textcnn-en-init --data test",
                 f"{T} teach --objective simcse-unsup --model {out}/textcnn-en-init --train {out}/wiki.txt "
-                f"--out {out}/textcnn-en --overwrite --no-progress --max-length 64 --epochs 2 --batch-size 64 "
-                "--lr 1e-3 --eval-every 200 --test test",
+                f"--out {out}/textcnn-en --overwrite --no-progress --max-length 64 --max-examples 20000 --batch-size 64 "
+                "--lr 1e-3 --eval-every 100 --test test",
             ],
         },
         "textcnn-zh": {
@@ -115,8 +115,21 @@ def run_plans() -> dict[str, dict]:
                 "--embed-dim 300 --num-filters 256 --kernel-sizes 1,2,3,4 --out-dim 384 --max-length 64",
                 f"{T} evaluate --model {out}/textcnn-zh-init --data {' '.join(ZH_TESTS)}",
                 f"{T} teach --objective simcse-unsup --model {out}/textcnn-zh-init --train {out}/zh_sentences.txt "
-                f"--out {out}/textcnn-zh --overwrite --no-progress --max-length 64 --epochs 1 --batch-size 64 --lr 1e-3 "
-                f"--eval-every 300 --dev {d('chinese', 'STS-B', 'STS-B.valid.data')} --test {' '.join(ZH_TESTS)}",
+                f"--out {out}/textcnn-zh --overwrite --no-progress --max-length 64 --max-examples 20000 --batch-size 64 --lr 1e-3 "
+                f"--eval-every 100 --dev {d('chinese', 'STS-B', 'STS-B.valid.data')} --test {' '.join(ZH_TESTS)}",
+            ],
+        },
+        "textcnn-zh-drop0.3": {
+            "title": "TextCNN zh as above, dropout 0.3, one full epoch, step-0 dev kept if best",
+            "cmds": [
+                f"cut -f1,2 {' '.join(ZH_CORPUS)} | tr '\\t' '\\n' | awk 'NF' > {out}/zh_sentences.txt",
+                f"{T} textcnn --char-vocab {out}/zh_sentences.txt --min-freq 2 --out {out}/textcnn-zh-init-d3 "
+                "--overwrite --embed-dim 300 --num-filters 256 --kernel-sizes 1,2,3,4 --out-dim 384 --max-length 64 "
+                "--dropout 0.3",
+                f"{T} teach --objective simcse-unsup --model {out}/textcnn-zh-init-d3 --train {out}/zh_sentences.txt "
+                f"--out {out}/textcnn-zh-d3 --overwrite --no-progress --max-length 64 --epochs 1 --batch-size 64 "
+                f"--lr 1e-3 --eval-every 250 --eval-first --dev {d('chinese', 'STS-B', 'STS-B.valid.data')} "
+                f"--test {' '.join(ZH_TESTS)}",
             ],
         },
         "whitening": {
@@ -133,6 +146,7 @@ def run_plans() -> dict[str, dict]:
     }
 
 
+BEST = re.compile(r"best dev (-?[0-9.]+) at step (\S+);")
 SPEARMAN = re.compile(r"^(\S+): Spearman (-?[0-9.]+)$", re.M)
 
 
@@ -170,6 +184,9 @@ def short(name: str) -> str:
     return {"test": "STS-B test", "dev": "STS-B dev"}.get(name, Path(name).name)
 
 
+NOTES = """(notes are filled in below once the runs are in)"""
+
+
 def report() -> None:
     rows, details, summary = [], [], {}
     for name in run_plans():
@@ -178,6 +195,11 @@ def report() -> None:
             continue
         r = json.loads(f.read_text())
         scores = [f"{short(k)} {v:.2f}" for s in r["steps"] for k, v in s["spearman"]]
+        scores += [
+            f"(best dev {m[0]} at step {m[1]})"
+            for s in r["steps"]
+            for m in BEST.findall(s["stdout_tail"])
+        ]
         rows.append([name, r["title"], "; ".join(scores), f"{r['seconds'] / 60:.1f}"])
         summary[name] = {
             short(k) + f" [{i}]": v for i, s in enumerate(r["steps"]) for k, v in s["spearman"]
@@ -190,7 +212,8 @@ def report() -> None:
                 for s in r["steps"]
             )
         )
-    body = table(["run", "what", "Spearman x 100 (per command, in order)", "minutes"], rows)
+    body = NOTES + "\n\n## All runs\n\n"
+    body += table(["run", "what", "Spearman x 100 (per command, in order)", "minutes"], rows)
     body += "\n\n## Commands\n\n" + "\n\n".join(details)
     write_result("teachers", "Teacher training runs (STS-B test Spearman x 100)", body, summary)
 
