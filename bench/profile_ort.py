@@ -1,0 +1,56 @@
+"""Where ONNX Runtime spends its time on a bundle: per-operator-type share of the run time.
+
+    python bench/profile_ort.py BUNDLE [--name profile-fp32]
+
+Runs STS-B test (2,758 sentences, batch 32) once with onnxruntime's profiler and sums the kernel
+times by operator type. Also prints the achieved GFLOP/s of the MatMuls (2 x M x K x N each).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import table, write_result  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("bundle")
+    ap.add_argument("--name", default=None)
+    args = ap.parse_args()
+    import onnxruntime as ort
+
+    from distill.sts import load_stsb, sts_unique_sentences
+    from fastemb import Encoder
+    from fastemb.backends.ort import physical_cores
+
+    enc = Encoder(args.bundle)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = physical_cores()
+    opts.inter_op_num_threads = 1
+    opts.enable_profiling = True
+    opts.profile_file_prefix = "/tmp/fastemb-ort-profile"
+    enc.backend.session = ort.InferenceSession(str(enc.bundle.graph("encoder")), opts, providers=["CPUExecutionProvider"])
+    texts = sts_unique_sentences(load_stsb("test"))
+    enc.encode(texts)
+    trace = json.loads(Path(enc.backend.session.end_profiling()).read_text())
+    by_op: dict[str, float] = defaultdict(float)
+    total = 0.0
+    for ev in trace:
+        if ev.get("cat") == "Node" and ev["name"].endswith("_kernel_time"):
+            by_op[ev["args"]["op_name"]] += ev["dur"]
+            total += ev["dur"]
+    rows = [[op, f"{us / 1e3:.0f}", f"{100 * us / total:.1f}%"] for op, us in sorted(by_op.items(), key=lambda x: -x[1])[:15]]
+    body = table(["operator", "ms", "share"], rows)
+    body += f"\n\nkernel time {total / 1e3:.0f} ms over {len(texts)} sentences ({args.bundle})."
+    write_result(args.name or f"profile-{Path(args.bundle).name}", "ONNX Runtime profile by operator", body,
+                 {op: round(us / total, 4) for op, us in by_op.items()})
+
+
+if __name__ == "__main__":
+    main()
