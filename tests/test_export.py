@@ -189,3 +189,23 @@ def test_smoothquant_rescaling_is_exact_in_float32(tiny_bundle: Path, tmp_path: 
     a = ort.InferenceSession(str(tiny_bundle / "model.onnx")).run(["pooled_embedding"], feeds[0])[0]
     b = ort.InferenceSession(str(tmp_path / "s.onnx")).run(["pooled_embedding"], feeds[0])[0]
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_fp16_export_keeps_io_pooling_and_normalization_in_float32(tiny_bert: Path, tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto
+
+    out = export(tiny_bert, tmp_path / "h", fp16=True, log=None)
+    m = Bundle(out).manifest
+    assert m.precision == "fp16"
+    assert m.extra["checks"][-1]["precision"] == "fp16" and m.extra["checks"][-1]["min_cosine"] >= 0.999
+    g = onnx.load(str(out / "model.onnx")).graph
+    assert {o.type.tensor_type.elem_type for o in g.output} == {TensorProto.FLOAT}
+    weights = {t.name: t.data_type for t in g.initializer}
+    matmuls = [n for n in g.node if n.op_type == "MatMul" and n.input[1] in weights]
+    assert matmuls and all(weights[n.input[1]] == TensorProto.FLOAT16 for n in matmuls)
+    # the encoder's last hidden state is cast back to float32 before pooling reads it
+    producers = {o: n for n in g.node for o in n.output}
+    pool_mul = next(n for n in g.node if n.name == "/pooling/Mul")
+    cast = producers[pool_mul.input[0]]
+    assert cast.op_type == "Cast" and next(a.i for a in cast.attribute if a.name == "to") == TensorProto.FLOAT
