@@ -238,8 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("main", help="the main job (what `python -m distill` runs)", formatter_class=_Formatter,
                        description=__import__("distill.main_job", fromlist=["x"]).__doc__)
     m.add_argument("--out", default=".cache/distill/main")
-    m.add_argument("--tinybert-steps", type=int, default=500)
-    m.add_argument("--textcnn-steps", type=int, default=800)
+    m.add_argument("--tinybert-steps", type=int, default=200)
+    m.add_argument("--textcnn-steps", type=int, default=400)
     m.add_argument("--rounds", type=int, default=2, help="interleaved speed rounds")
     m.add_argument("--retrain", action="store_true", help="train the students again even if OUT has them")
     m.set_defaults(func=cmd_main)

@@ -24,8 +24,8 @@ import numpy as np
 @dataclass
 class MainConfig:
     out: str = ".cache/distill/main"
-    tinybert_steps: int = 500
-    textcnn_steps: int = 800
+    tinybert_steps: int = 200
+    textcnn_steps: int = 400
     batch_size: int = 64
     rounds: int = 2
     cache_dir: str = ".cache/distill"
