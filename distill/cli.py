@@ -204,7 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser(
-        "shrink", help="distill a teacher into a small student and export it",
+        "shrink",
+        help="distill a teacher into a small student and export it",
         formatter_class=_Formatter,
         description=(
             "Distill TEACHER (a sentence-transformers or Hugging Face encoder directory) into a student:\n"
@@ -217,9 +218,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--teacher", required=True, metavar="DIR")
     s.add_argument("--student", choices=["tinybert", "textcnn"], default="tinybert")
     s.add_argument("--layers", type=int, default=3, help="tiny-BERT layers")
-    s.add_argument("--hidden-size", type=int, help="tiny-BERT width (smaller: random init + projection)")
+    s.add_argument(
+        "--hidden-size", type=int, help="tiny-BERT width (smaller: random init + projection)"
+    )
     s.add_argument("--loss", choices=["mse", "cosine", "similarity"], default="mse")
-    s.add_argument("--corpus", metavar="FILE", help="one sentence per line (default: the shipped corpus)")
+    s.add_argument(
+        "--corpus", metavar="FILE", help="one sentence per line (default: the shipped corpus)"
+    )
     s.add_argument("--max-sentences", type=int)
     s.add_argument("--epochs", type=int, default=1)
     s.add_argument("--max-steps", type=int)
@@ -235,13 +240,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-export", action="store_true")
     s.set_defaults(func=cmd_shrink)
 
-    m = sub.add_parser("main", help="the main job (what `python -m distill` runs)", formatter_class=_Formatter,
-                       description=__import__("distill.main_job", fromlist=["x"]).__doc__)
+    m = sub.add_parser(
+        "main",
+        help="the main job (what `python -m distill` runs)",
+        formatter_class=_Formatter,
+        description=__import__("distill.main_job", fromlist=["x"]).__doc__,
+    )
     m.add_argument("--out", default=".cache/distill/main")
     m.add_argument("--tinybert-steps", type=int, default=200)
     m.add_argument("--textcnn-steps", type=int, default=400)
     m.add_argument("--rounds", type=int, default=2, help="interleaved speed rounds")
-    m.add_argument("--retrain", action="store_true", help="train the students again even if OUT has them")
+    m.add_argument(
+        "--retrain", action="store_true", help="train the students again even if OUT has them"
+    )
     m.set_defaults(func=cmd_main)
     return parser
 
@@ -250,8 +261,10 @@ def cmd_shrink(args: argparse.Namespace) -> int:
     from distill.shrink import ShrinkConfig, shrink
 
     fields = ShrinkConfig.__dataclass_fields__
-    cfg = ShrinkConfig(**{k: v for k, v in vars(args).items() if k in fields and k != "export"},
-                       export=not args.no_export)
+    cfg = ShrinkConfig(
+        **{k: v for k, v in vars(args).items() if k in fields and k != "export"},
+        export=not args.no_export,
+    )
     result = shrink(cfg)
     print(f"student: {result['model']}")
     return 0
@@ -275,7 +288,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return args.func(args) or 0
-    except (ValueError, FileExistsError, FileNotFoundError, NotImplementedError, ImportError) as err:
+    except (
+        ValueError,
+        FileExistsError,
+        FileNotFoundError,
+        NotImplementedError,
+        ImportError,
+    ) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -368,9 +387,13 @@ def cmd_teach(args: argparse.Namespace) -> int:
     )
     evaluate = None if args.dev == "none" else evaluator(args.dev)
     summary = train(objective, examples, config, evaluate)
+    best = (
+        f"best dev {summary['best']:.2f} at step {summary['best_step']}"
+        if summary["best_step"] is not None
+        else "no dev evaluation (final weights kept)"
+    )
     print(
-        f"trained {summary['steps']} steps in {summary['seconds']} s; best dev {summary['best']:.2f} "
-        f"at step {summary['best_step']}; model: {Path(args.out) / 'best'}"
+        f"trained {summary['steps']} steps in {summary['seconds']} s; {best}; model: {Path(args.out) / 'best'}"
     )
     if args.test:
         import os
