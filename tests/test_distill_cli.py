@@ -35,11 +35,17 @@ def test_module_help_runs():
 def test_teach_cosent_end_to_end(tiny_dir, tmp_path, capsys):
     data = tmp_path / "pairs.tsv"
     data.write_text(
-        "".join(f"{a}\t{b}\t{i % 5}\n" for i, (a, b) in enumerate(zip(SENTENCES, SENTENCES[1:], strict=False)))
+        "".join(
+            f"{a}\t{b}\t{i % 5}\n"
+            for i, (a, b) in enumerate(zip(SENTENCES, SENTENCES[1:], strict=False))
+        )
     )
     dev = tmp_path / "dev.tsv"
     dev.write_text(
-        "".join(f"{a}\t{b}\t{i % 3}\n" for i, (a, b) in enumerate(zip(SENTENCES, SENTENCES[2:], strict=False)))
+        "".join(
+            f"{a}\t{b}\t{i % 3}\n"
+            for i, (a, b) in enumerate(zip(SENTENCES, SENTENCES[2:], strict=False))
+        )
     )
     out = tmp_path / "out"
     args = [
@@ -123,3 +129,44 @@ def test_textcnn_and_evaluate_commands(tmp_path, capsys):
     )
     assert main(["evaluate", "--model", str(tmp_path / "cnn"), "--data", str(corpus)]) == 0
     assert "Spearman" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "objective", ["sbert-softmax", "sbert-triplet", "simcse-sup", "sbert-regression"]
+)
+def test_teach_every_sentence_objective_runs_a_step(tiny_dir, tmp_path, objective):
+    nli = tmp_path / "nli.csv"
+    nli.write_text(
+        "sent0,sent1,hard_neg\n"
+        + "".join(f'"{a}",{b},{c}\n' for a, b, c in zip(SENTENCES, SENTENCES[1:], SENTENCES[2:], strict=False))
+    )
+    scored = tmp_path / "scored.tsv"
+    scored.write_text(
+        "".join(f"{a}\t{b}\t{i % 5}\n" for i, (a, b) in enumerate(zip(SENTENCES, SENTENCES[1:], strict=False)))
+    )
+    data = scored if objective == "sbert-regression" else nli
+    out = tmp_path / "out"
+    args = [
+        "teach",
+        "--objective",
+        objective,
+        "--model",
+        str(tiny_dir),
+        "--train",
+        str(data),
+        "--out",
+        str(out),
+        "--batch-size",
+        "4",
+        "--max-steps",
+        "1",
+        "--dev",
+        "none",
+        "--no-progress",
+        "--max-length",
+        "16",
+    ]
+    assert main(args) == 0
+    assert (out / "best" / "model.safetensors").is_file() and (
+        out / "last" / "objective.safetensors"
+    ).is_file()
