@@ -4,7 +4,7 @@ Runs the main job (``python -m distill``: trains the students unless ``--out`` a
 exports, measures every engine in interleaved rounds) and writes ``bench/results/students.md`` and
 ``bench/results/students-tradeoff.png``.
 
-    python bench/students.py [--out .cache/distill/main] [--rounds 3] [--retrain]
+    python bench/students.py [--out .cache/distill/main] [--rounds 3] [--retrain] [--tinybert-steps 200]
 """
 
 from __future__ import annotations
@@ -24,10 +24,13 @@ def main() -> None:
     ap.add_argument("--out", default=".cache/distill/main")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--retrain", action="store_true")
+    ap.add_argument("--tinybert-steps", type=int, default=200)
+    ap.add_argument("--textcnn-steps", type=int, default=400)
     args = ap.parse_args()
     from distill.main_job import MainConfig, run
 
-    result = run(MainConfig(out=args.out, rounds=args.rounds, retrain=args.retrain))
+    result = run(MainConfig(out=args.out, rounds=args.rounds, retrain=args.retrain,
+                            tinybert_steps=args.tinybert_steps, textcnn_steps=args.textcnn_steps))
     out = Path(result["out"])
     rows = result["rows"]
     body = table(["model", "STS-B test", "sentences/s", "vs ST teacher", "dim"],
