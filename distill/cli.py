@@ -247,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=__import__("distill.main_job", fromlist=["x"]).__doc__,
     )
     m.add_argument("--out", default=".cache/distill/main")
-    m.add_argument("--tinybert-steps", type=int, default=200)
+    m.add_argument("--tinybert-steps", type=int, default=600)
     m.add_argument("--textcnn-steps", type=int, default=400)
     m.add_argument("--rounds", type=int, default=2, help="interleaved speed rounds")
     m.add_argument(

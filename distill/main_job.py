@@ -24,7 +24,7 @@ import numpy as np
 @dataclass
 class MainConfig:
     out: str = ".cache/distill/main"
-    tinybert_steps: int = 200
+    tinybert_steps: int = 600
     textcnn_steps: int = 400
     batch_size: int = 64
     rounds: int = 2
