@@ -33,7 +33,7 @@ def main() -> None:
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from distill.sts import evaluate_vectors, load_stsb, sts_unique_sentences
+    from distill.sts import cosine_rows, evaluate_vectors, load_stsb, sts_unique_sentences
     from fastemb import Encoder
     from fastemb.export import export
 
@@ -69,7 +69,7 @@ def main() -> None:
     ref = vectors[st_name]
 
     def min_cos(a: np.ndarray, b: np.ndarray) -> float:
-        return float(((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))).min())
+        return float(cosine_rows(a, b).min())
 
     rows, summary = [], {}
     for name in engines:

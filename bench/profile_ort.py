@@ -37,6 +37,9 @@ def main() -> None:
     opts.profile_file_prefix = "/tmp/fastemb-ort-profile"
     enc.backend.session = ort.InferenceSession(str(enc.bundle.graph("encoder")), opts, providers=["CPUExecutionProvider"])
     texts = sts_unique_sentences(load_stsb("test"))
+    tokens = sum(len(e.ids) for e in enc.tokenizer.encode_batch(texts))
+    padded = sum(feed["input_ids"].size for _, feed in enc._batches(texts, 32))
+    flops_per_token = _dense_flops_per_token(enc.bundle.graph("encoder"))
     enc.encode(texts)
     trace = json.loads(Path(enc.backend.session.end_profiling()).read_text())
     by_op: dict[str, float] = defaultdict(float)
@@ -47,9 +50,25 @@ def main() -> None:
             total += ev["dur"]
     rows = [[op, f"{us / 1e3:.0f}", f"{100 * us / total:.1f}%"] for op, us in sorted(by_op.items(), key=lambda x: -x[1])[:15]]
     body = table(["operator", "ms", "share"], rows)
-    body += f"\n\nkernel time {total / 1e3:.0f} ms over {len(texts)} sentences ({args.bundle})."
+    dense = padded * flops_per_token
+    body += (f"\n\nkernel time {total / 1e3:.0f} ms over {len(texts)} sentences ({args.bundle}); "
+             f"{tokens} tokens, {padded} after per-batch padding ({100 * (padded / tokens - 1):.1f}% waste); "
+             f"dense projections {flops_per_token / 1e6:.1f} MFLOP per token, {dense / 1e9:.0f} GFLOP in all, "
+             f"{dense / total / 1e3:.0f} GFLOP/s over the whole kernel time.")
     write_result(args.name or f"profile-{Path(args.bundle).name}", "ONNX Runtime profile by operator", body,
                  {op: round(us / total, 4) for op, us in by_op.items()})
+
+
+def _dense_flops_per_token(path: Path) -> float:
+    """2 x K x N summed over MatMuls whose second input is a 2-D weight (the dense projections;
+    attention's Q.K and P.V products, which grow with length, are left out)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    shapes = {t.name: numpy_helper.to_array(t).shape for t in model.graph.initializer}
+    return float(sum(2 * shapes[n.input[1]][0] * shapes[n.input[1]][1] for n in model.graph.node
+                     if n.op_type in ("MatMul", "MatMulInteger") and len(shapes.get(n.input[1], ())) == 2))
 
 
 if __name__ == "__main__":

@@ -45,8 +45,8 @@ def tinybert_from_teacher(teacher, layers: int, hidden_size: int | None = None):
     n = backbone.config.num_hidden_layers
     keep = evenly_spaced_layers(n, layers)
     if hidden_size is None or hidden_size == backbone.config.hidden_size:
-        student = copy.deepcopy(backbone)
-        student.encoder.layer = nn.ModuleList(copy.deepcopy(backbone.encoder.layer[i]) for i in keep)
+        student = copy.deepcopy(backbone)  # a copy: training the student leaves the teacher alone
+        student.encoder.layer = nn.ModuleList(student.encoder.layer[i] for i in keep)
         student.config.num_hidden_layers = layers
         projection = None
     else:

@@ -100,13 +100,9 @@ def export(
 
 def _calibration_feeds(stage: Path, source) -> list[dict]:
     """The check sentences, tokenized and padded as the runtime does, in batches of 32."""
-    from fastemb.export.check import check_texts
-    from fastemb.tokenize import load_tokenizer, pad_batch, pad_id_of
+    from fastemb.export.check import check_texts, feeds
 
-    tok = load_tokenizer(stage / "tokenizer.json", source.max_length)
-    texts = check_texts()
-    return [pad_batch([e.ids for e in tok.encode_batch(texts[i : i + 32])], source.inputs, pad_id_of(tok))
-            for i in range(0, len(texts), 32)]
+    return feeds(stage / "tokenizer.json", source.max_length, source.inputs, check_texts())
 
 
 class _Checker:

@@ -42,18 +42,23 @@ def check_texts() -> list[str]:
     return texts
 
 
+def feeds(tokenizer_file: Path, max_length: int, inputs: list[str], texts: list[str],
+          batch_size: int = 32) -> list[dict[str, np.ndarray]]:
+    """``texts`` tokenized and padded exactly as the runtime does, in batches (input order)."""
+    tok = load_tokenizer(tokenizer_file, max_length)
+    pad = pad_id_of(tok)
+    return [pad_batch([e.ids for e in tok.encode_batch(texts[i : i + batch_size])], inputs, pad)
+            for i in range(0, len(texts), batch_size)]
+
+
 def torch_vectors(module: Any, tokenizer_file: Path, max_length: int, inputs: list[str], texts: list[str],
                   batch_size: int = 32) -> np.ndarray:
     """Normalized vectors from the torch source, tokenized exactly as the runtime tokenizes."""
     import torch
 
-    tok = load_tokenizer(tokenizer_file, max_length)
-    pad = pad_id_of(tok)
     out = []
     with torch.no_grad():
-        for i in range(0, len(texts), batch_size):
-            ids = [e.ids for e in tok.encode_batch(texts[i : i + batch_size])]
-            feed = pad_batch(ids, inputs, pad)
+        for feed in feeds(tokenizer_file, max_length, inputs, texts, batch_size):
             normalized, _ = module(*(torch.from_numpy(feed[n]) for n in inputs))
             out.append(normalized.float().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
