@@ -55,7 +55,7 @@ def main() -> None:
     }
     best: dict[str, float] = {k: 0.0 for k in engines}
     vectors: dict[str, np.ndarray] = {}
-    for name, fn in engines.items():  # warm-up
+    for fn in engines.values():  # warm-up
         fn(texts[:64])
     for r in range(args.rounds):
         for name, fn in engines.items():
