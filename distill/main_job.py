@@ -98,7 +98,7 @@ def measure(teacher: Path, bundles: dict[str, Path], rounds: int, log: Callable[
         engines[name] = lambda t, enc=enc: enc.encode(t, batch_size=batch_size)
     best = {k: 0.0 for k in engines}
     vectors = {}
-    for name, fn in engines.items():
+    for fn in engines.values():
         fn(texts[:64])  # warm-up
     for r in range(rounds):
         for name, fn in engines.items():
