@@ -150,6 +150,11 @@ class TextCNN(nn.Module):
 
         return encode(self, texts, batch_size)
 
+    def folded(self) -> FoldedTextCNN:
+        """The same function with the embedding folded into the convolutions (see
+        :class:`FoldedTextCNN`): what the exported bundle runs."""
+        return FoldedTextCNN(self)
+
     def save(self, path: str | Path) -> None:
         from safetensors.torch import save_file
 
@@ -176,6 +181,63 @@ class TextCNN(nn.Module):
         model = cls(TextCNNConfig(**raw), Tokenizer.from_file(str(path / "tokenizer.json")))
         model.load_state_dict(load_file(path / "model.safetensors"))
         return model
+
+
+class FoldedTextCNN(nn.Module):
+    """A trained :class:`TextCNN` rewritten so that inference needs no convolution.
+
+    A width-k convolution over embeddings is linear in them before its ReLU:
+    ``conv[t] = b + sum_j W_j @ E[id[t + j]]``. Each product ``W_j @ E[v]`` depends on the token
+    ``v`` alone, so it is computed once per vocabulary entry: ``table[v] = [E[v] @ W_j^T for every
+    (width, j)]``, ``[vocab + 1, filters * sum(widths)]``. A sentence then costs one row lookup per
+    token and ``sum(widths) - len(widths)`` additions of shifted slices, instead of
+    ``2 * embed * filters * sum(widths)`` multiply-adds per token. Row ``vocab`` is all zeros:
+    padding positions and positions past the end look it up, which is what zeroing the embeddings
+    under the mask does in :class:`TextCNN`. Evaluation-mode only (no dropout).
+    """
+
+    def __init__(self, model: TextCNN) -> None:
+        super().__init__()
+        cfg = model.config
+        self.config = cfg
+        self.widths = [int(k) for k in cfg.kernel_sizes]
+        self.filters = cfg.num_filters
+        emb = model.embedding.weight.detach().float()
+        blocks = []
+        with torch.no_grad():
+            for conv in model.convs:
+                w = conv.weight.detach().float()  # [filters, embed, k]
+                blocks.extend(emb @ w[:, :, j].T for j in range(w.shape[2]))
+            table = torch.cat(blocks, dim=1)
+            table = torch.cat([table, table.new_zeros(1, table.shape[1])], dim=0)
+        self.zero_row = emb.shape[0]
+        self.table = nn.Parameter(table, requires_grad=False)
+        self.biases = nn.ParameterList(
+            nn.Parameter(conv.bias.detach().float().clone(), requires_grad=False)
+            for conv in model.convs
+        )
+        self.proj = model.proj
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        length = input_ids.shape[1]
+        ids = torch.where(attention_mask > 0, input_ids, torch.full_like(input_ids, self.zero_row))
+        ids = F.pad(ids, (0, max(self.widths) - 1), value=self.zero_row)
+        g = F.embedding(ids, self.table)  # [b, L + kmax - 1, filters * sum(widths)]
+        invalid = (attention_mask == 0).unsqueeze(-1)  # [b, L, 1]
+        keep = attention_mask.unsqueeze(-1).float()
+        pooled = []
+        col, f = 0, self.filters
+        for k, bias in zip(self.widths, self.biases):
+            acc = g[:, 0:length, col:col + f]
+            for j in range(1, k):
+                acc = acc + g[:, j:j + length, col + j * f:col + (j + 1) * f]
+            col += k * f
+            c = F.relu(acc + bias)  # [b, L, filters]
+            if self.config.pooling in ("max", "max+mean"):
+                pooled.append(c.masked_fill(invalid, float("-inf")).amax(dim=1))
+            if self.config.pooling in ("mean", "max+mean"):
+                pooled.append((c * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1.0))
+        return self.proj(torch.cat(pooled, dim=1))
 
 
 def pca_project(matrix: Tensor, k: int) -> Tensor:

@@ -155,3 +155,24 @@ def test_bad_input(tmp_path: Path) -> None:
         shrink(ShrinkConfig(teacher=str(st), out=str(tmp_path / "o"), layers=3))
     with pytest.raises(ValueError, match="unknown student"):
         shrink(ShrinkConfig(teacher=str(st), out=str(tmp_path / "o"), student="lstm"))  # type: ignore[arg-type]
+
+
+def test_textcnn_int8_bundle_stores_its_table_as_int8_rows(tmp_path: Path) -> None:
+    import onnx
+
+    from distill.students import textcnn_from_teacher
+    from fastemb import Encoder
+    from fastemb.export import export
+
+    student = textcnn_from_teacher(make_tiny_bert(tmp_path / "t"), out_dim=24, embed_dim=16, num_filters=8,
+                                   max_length=64).eval()
+    student.save(tmp_path / "student")
+    fp32 = export(tmp_path / "student", tmp_path / "fp32", log=None)
+    int8 = export(tmp_path / "student", tmp_path / "int8", quantize="int8", check=False, log=None)
+    tables = {i.name: i for i in onnx.load(str(int8 / "model.onnx")).graph.initializer if len(i.dims) == 2
+              and i.dims[0] > 1000 and i.dims[1] > 1}
+    assert [t.data_type for t in tables.values()] == [onnx.TensorProto.INT8], tables.keys()
+    assert (int8 / "model.onnx").stat().st_size < 0.4 * (fp32 / "model.onnx").stat().st_size
+    ref = student.encode(SENTENCES)
+    ref = ref / np.linalg.norm(ref, axis=1, keepdims=True)
+    assert ((Encoder(int8).encode(SENTENCES) * ref).sum(1)).min() >= 0.999

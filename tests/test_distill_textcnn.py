@@ -119,3 +119,22 @@ def test_with_tokenizer_uses_random_embeddings(tmp_path):
     assert m.config.vocab_size == 30522 and m.config.pad_id == 0
     f = m.tokenize(["a b", "a longer sentence here"])
     assert f["input_ids"].shape[0] == 2 and m(**f).shape == (2, 8)
+
+
+@pytest.mark.parametrize("pooling", ["max", "mean", "max+mean"])
+def test_folded_textcnn_is_the_same_function(pooling):
+    torch.manual_seed(1)
+    m = TextCNN.with_char_vocab(SENTENCES, embed_dim=8, kernel_sizes=[1, 2, 4], num_filters=5,
+                                out_dim=6, pooling=pooling).eval()
+    with torch.no_grad():  # a pad row that is not zero (a teacher's [PAD] vector is not)
+        m.embedding.weight[m.config.pad_id] = torch.randn(8)
+    f = m.tokenize(SENTENCES[:6])
+    # the pad id inside a sentence, attended: the literal token, which must use its embedding
+    f["input_ids"][0, 1] = m.config.pad_id
+    folded = m.folded().eval()
+    assert folded.table.shape == (m.config.vocab_size + 1, 5 * (1 + 2 + 4))
+    assert torch.count_nonzero(folded.table[-1]) == 0
+    with torch.no_grad():
+        want, got = m(**f), folded(**f)
+    assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+    assert not torch.allclose(want[0], m(**m.tokenize(SENTENCES[:1]))[0], atol=1e-3)  # the edit mattered

@@ -209,3 +209,34 @@ def test_fp16_export_keeps_io_pooling_and_normalization_in_float32(tiny_bert: Pa
     pool_mul = next(n for n in g.node if n.name == "/pooling/Mul")
     cast = producers[pool_mul.input[0]]
     assert cast.op_type == "Cast" and next(a.i for a in cast.attribute if a.name == "to") == TensorProto.FLOAT
+
+
+def test_quantize_tables_rounds_each_row_within_half_a_step(tmp_path: Path) -> None:
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from fastemb.export.onnx_graph import quantize_tables
+
+    rng = np.random.default_rng(0)
+    big = rng.normal(size=(1500, 6)).astype(np.float32) * rng.uniform(0.01, 10, size=(1500, 1)).astype(np.float32)
+    big[7] = 0.0  # an all-zero row (scale 0) must stay zero, not NaN
+    small = rng.normal(size=(10, 6)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["big", "ids"], ["a"], axis=0), helper.make_node("Gather", ["small", "sids"], ["b"], axis=0)],
+        "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [None, None]),
+              helper.make_tensor_value_info("sids", TensorProto.INT64, [None])],
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, None), helper.make_tensor_value_info("b", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(big, "big"), numpy_helper.from_array(small, "small")])
+    src, out = tmp_path / "t.onnx", tmp_path / "q.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+    assert quantize_tables(src, out) == 1
+    kinds = {i.name: i.data_type for i in onnx.load(str(out)).graph.initializer}
+    assert kinds == {"small": TensorProto.FLOAT, "big_int8": TensorProto.INT8, "big_row_scale": TensorProto.FLOAT}
+    ids = np.array([[0, 7, 1499], [3, 3, 42]], dtype=np.int64)
+    sids = np.array([9, 0], dtype=np.int64)
+    a, b = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"ids": ids, "sids": sids})
+    step = np.abs(big).max(axis=1) / 127
+    assert np.all(np.abs(a - big[ids]) <= step[ids][..., None] / 2 + 1e-6)
+    assert np.array_equal(a[0, 1], np.zeros(6, np.float32))
+    assert np.array_equal(b, small[sids])

@@ -13,7 +13,7 @@ OUTPUTS = ("sentence_embedding", "pooled_embedding")
 
 
 def export_onnx(source: Source, path: Path) -> None:
-    """Export ``source.module`` with dynamic batch and sequence axes.
+    """Export ``source.graph_module`` (else ``source.module``) with dynamic batch and sequence axes.
 
     Two outputs: ``sentence_embedding`` (L2-normalized) and ``pooled_embedding`` (before
     normalization), so ``encode(normalize=False)`` needs no second graph. The TorchScript exporter
@@ -22,7 +22,7 @@ def export_onnx(source: Source, path: Path) -> None:
     """
     import torch
 
-    model = source.module.eval()
+    model = (source.graph_module if source.graph_module is not None else source.module).eval()
     example = tuple(torch.ones(2, 8, dtype=torch.long) for _ in source.inputs)
     axes = {name: {0: "batch", 1: "sequence"} for name in source.inputs}
     axes.update({name: {0: "batch"} for name in OUTPUTS})
@@ -77,3 +77,45 @@ def to_fp16(path: Path, out: Path) -> None:
 def _is_head_node(name: str) -> bool:
     """Nodes of pooling, dense and normalization (named after the pipeline's submodules)."""
     return name.startswith(("/pooling/", "/dense/", "/normalize/"))
+
+
+def quantize_tables(path: Path, out: Path, min_rows: int = 1024) -> int:
+    """Store every large lookup table (a float32 ``[rows, cols]`` initializer read by ``Gather`` on
+    axis 0, ``rows >= min_rows``) as int8 with one float32 scale per row, dequantized after the
+    lookup: ``Gather(q, ids) * Gather(scale, ids)``. Symmetric per row: ``scale = max|row| / 127``,
+    so a row's largest entry is exact and the rest are within half a step. A quarter of the bytes;
+    only the rows a batch touches are converted. Returns the number of tables converted."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    nodes, converted = [], 0
+    for node in graph.node:
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        table = inits.get(node.input[0]) if node.op_type == "Gather" and axis == 0 else None
+        if (table is None or table.data_type != TensorProto.FLOAT or len(table.dims) != 2
+                or table.dims[0] < min_rows):
+            nodes.append(node)
+            continue
+        w = numpy_helper.to_array(table).astype(np.float32)
+        scale = np.abs(w).max(axis=1, keepdims=True) / 127.0
+        q = np.round(w / np.where(scale > 0, scale, 1.0)).clip(-127, 127).astype(np.int8)
+        name = node.input[0]
+        graph.initializer.remove(table)
+        graph.initializer.extend([numpy_helper.from_array(q, f"{name}_int8"),
+                                  numpy_helper.from_array(scale.astype(np.float32), f"{name}_row_scale")])
+        ids, y, tag = node.input[1], node.output[0], node.name or name
+        nodes += [
+            helper.make_node("Gather", [f"{name}_int8", ids], [f"{y}_q"], name=f"{tag}_gather_int8", axis=0),
+            helper.make_node("Gather", [f"{name}_row_scale", ids], [f"{y}_scale"], name=f"{tag}_gather_scale", axis=0),
+            helper.make_node("Cast", [f"{y}_q"], [f"{y}_f"], name=f"{tag}_cast", to=TensorProto.FLOAT),
+            helper.make_node("Mul", [f"{y}_f", f"{y}_scale"], [y], name=f"{tag}_dequantize"),
+        ]
+        converted += 1
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.save(model, str(out))
+    return converted

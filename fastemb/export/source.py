@@ -47,6 +47,9 @@ class Source:
     info: dict[str, Any] = field(default_factory=dict)
     num_heads: int = 0
     hidden_size: int = 0
+    # what goes into the ONNX graph when it differs from ``module`` (the same function computed
+    # another way, e.g. a folded TextCNN); ``module`` stays the reference the export is checked against
+    graph_module: Any = None
 
 
 def build_pipeline(encoder: Any, pooling: str, dense: list[Any], hf: bool = True) -> Any:
@@ -232,7 +235,8 @@ def _load_textcnn(src: Path, config: dict[str, Any], max_length: int | None) -> 
         raise ValueError(f"{src}/config.json: a TextCNN config needs out_dim")
     return Source(module, ["input_ids", "attention_mask"], str(config.get("pooling", "max")), normalize, dim,
                   int(max_length or config.get("max_length", 256)), _tokenizer_file(src, src),
-                  {"format": "distill-textcnn", "path": str(src), "model_type": "textcnn"})
+                  {"format": "distill-textcnn", "path": str(src), "model_type": "textcnn", "folded": True},
+                  graph_module=build_pipeline(model.folded().eval(), "mean", [], hf=False))
 
 
 def _tokenizer_file(model_dir: Path, root: Path) -> Path:
