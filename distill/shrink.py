@@ -69,7 +69,13 @@ def shrink(cfg: ShrinkConfig, log: Callable[[str], None] = print) -> dict:
     from distill.model import SentenceEncoder
     from distill.objectives.base import Example
     from distill.objectives.distillation import DistillationLoss
-    from distill.students import CORPUS, read_corpus, teacher_vectors, textcnn_from_teacher, tinybert_from_teacher
+    from distill.students import (
+        CORPUS,
+        read_corpus,
+        teacher_vectors,
+        textcnn_from_teacher,
+        tinybert_from_teacher,
+    )
     from distill.trainer import TrainConfig, train
 
     if cfg.student not in STUDENTS:

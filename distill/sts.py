@@ -83,7 +83,7 @@ def _rank(a: np.ndarray) -> np.ndarray:
     bounds = np.flatnonzero(np.diff(sorted_a)) + 1
     starts = np.concatenate([[0], bounds])
     ends = np.concatenate([bounds, [len(a)]])
-    for s, e in zip(starts, ends):
+    for s, e in zip(starts, ends, strict=True):
         ranks[order[s:e]] = (s + e - 1) / 2.0
     return ranks
 

@@ -227,7 +227,7 @@ class FoldedTextCNN(nn.Module):
         keep = attention_mask.unsqueeze(-1).float()
         pooled = []
         col, f = 0, self.filters
-        for k, bias in zip(self.widths, self.biases):
+        for k, bias in zip(self.widths, self.biases, strict=True):
             acc = g[:, 0:length, col:col + f]
             for j in range(1, k):
                 acc = acc + g[:, j:j + length, col + j * f:col + (j + 1) * f]

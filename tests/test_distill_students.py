@@ -11,7 +11,12 @@ import torch
 
 from distill.objectives.base import Example
 from distill.objectives.distillation import DistillationLoss, distillation_loss
-from distill.students import evenly_spaced_layers, read_corpus, teacher_vectors, tinybert_from_teacher
+from distill.students import (
+    evenly_spaced_layers,
+    read_corpus,
+    teacher_vectors,
+    tinybert_from_teacher,
+)
 from tests.conftest import make_tiny_bert, make_tiny_st
 
 SENTENCES = ["A man is playing a guitar.", "A woman slices an onion.", "The cat sits on the mat.",
@@ -45,7 +50,7 @@ def test_tinybert_takes_the_layers_it_says(teacher) -> None:
     t_layers, s_layers = teacher.backbone.encoder.layer, student.backbone.encoder.layer
     assert len(s_layers) == 2 and student.backbone.config.num_hidden_layers == 2
     for s_idx, t_idx in enumerate([0, 3]):
-        for (name, p), (_, q) in zip(s_layers[s_idx].named_parameters(), t_layers[t_idx].named_parameters()):
+        for (name, p), (_, q) in zip(s_layers[s_idx].named_parameters(), t_layers[t_idx].named_parameters(), strict=True):
             assert torch.equal(p, q), name
     assert torch.equal(student.backbone.embeddings.word_embeddings.weight,
                        teacher.backbone.embeddings.word_embeddings.weight)

@@ -50,7 +50,7 @@ def smooth(path: Path, out: Path, feeds: Iterable[dict[str, np.ndarray]], alpha:
     names = list(groups)
     amax = {n: None for n in names}
     for feed in feeds:
-        for n, value in zip(names, session.run(names, feed)):
+        for n, value in zip(names, session.run(names, feed), strict=True):
             m = np.abs(value.reshape(-1, value.shape[-1])).max(axis=0)
             amax[n] = m if amax[n] is None else np.maximum(amax[n], m)
 
@@ -59,7 +59,7 @@ def smooth(path: Path, out: Path, feeds: Iterable[dict[str, np.ndarray]], alpha:
         wmax = np.max(np.abs(np.concatenate(weights, axis=1)), axis=1)
         a = np.maximum(amax[act], 1e-5)
         s = (a**alpha / np.maximum(wmax, 1e-5) ** (1 - alpha)).clip(1e-3, 1e3).astype(np.float32)
-        for node, w in zip(nodes, weights):
+        for node, w in zip(nodes, weights, strict=True):
             scaled = numpy_helper.from_array((w * s[:, None]).astype(np.float32), f"{node.input[1]}_smoothed")
             graph.initializer.append(scaled)
             node.input[1] = scaled.name
