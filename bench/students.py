@@ -4,7 +4,7 @@ Runs the main job (``python -m distill``: trains the students unless ``--out`` a
 exports, measures every engine in interleaved rounds) and writes ``bench/results/students.md`` and
 ``bench/results/students-tradeoff.png``.
 
-    python bench/students.py [--out .cache/distill/main] [--rounds 3] [--retrain] [--tinybert-steps 600]
+    python bench/students.py [--out .cache/distill/main] [--rounds 3] [--retrain] [--tinybert-steps N] [--textcnn-steps N]
 """
 
 from __future__ import annotations
@@ -24,8 +24,10 @@ def main() -> None:
     ap.add_argument("--out", default=".cache/distill/main")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--retrain", action="store_true")
-    ap.add_argument("--tinybert-steps", type=int, default=600)
-    ap.add_argument("--textcnn-steps", type=int, default=400)
+    from distill.main_job import MainConfig
+
+    ap.add_argument("--tinybert-steps", type=int, default=MainConfig.tinybert_steps)
+    ap.add_argument("--textcnn-steps", type=int, default=MainConfig.textcnn_steps)
     args = ap.parse_args()
     from distill.main_job import MainConfig, run
 

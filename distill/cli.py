@@ -96,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size", type=int, default=32, help="examples per micro-batch per process"
     )
     g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    g.add_argument(
+        "--group-by-length", action="store_true",
+        help="batch examples of similar length (characters) together: less padding, faster steps",
+    )
     g.add_argument("--lr", type=float, default=2e-5)
     g.add_argument("--weight-decay", type=float, default=0.01)
     g.add_argument(
@@ -246,10 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_Formatter,
         description=__import__("distill.main_job", fromlist=["x"]).__doc__,
     )
-    m.add_argument("--out", default=".cache/distill/main")
-    m.add_argument("--tinybert-steps", type=int, default=600)
-    m.add_argument("--textcnn-steps", type=int, default=400)
-    m.add_argument("--rounds", type=int, default=2, help="interleaved speed rounds")
+    from distill.main_job import MainConfig
+
+    m.add_argument("--out", default=MainConfig.out)
+    m.add_argument("--tinybert-steps", type=int, default=MainConfig.tinybert_steps)
+    m.add_argument("--textcnn-steps", type=int, default=MainConfig.textcnn_steps)
+    m.add_argument("--rounds", type=int, default=MainConfig.rounds, help="interleaved speed rounds")
     m.add_argument(
         "--retrain", action="store_true", help="train the students again even if OUT has them"
     )
@@ -386,7 +392,8 @@ def cmd_teach(args: argparse.Namespace) -> int:
         resume=args.resume,
     )
     evaluate = None if args.dev == "none" else evaluator(args.dev)
-    summary = train(objective, examples, config, evaluate)
+    lengths = [sum(len(t) for t in ex.texts) for ex in examples] if args.group_by_length else None
+    summary = train(objective, examples, config, evaluate, lengths=lengths)
     best = (
         f"best dev {summary['best']:.2f} at step {summary['best_step']}"
         if summary["best_step"] is not None

@@ -7,7 +7,8 @@ Layout of ``out``::
     bundle-int8/    the same, dynamic int8 (SmoothQuant)
 
 Teacher vectors for the corpus come from the teacher's fp32 bundle through ``fastemb.Encoder`` and
-are cached under ``cache_dir`` (keyed by teacher graph and corpus checksums).
+are cached under ``cache_dir`` (keyed by teacher graph and corpus checksums). Training batches
+group sentences of similar token length (the corpus pads to 3x its tokens otherwise).
 """
 
 from __future__ import annotations
@@ -111,7 +112,8 @@ def shrink(cfg: ShrinkConfig, log: Callable[[str], None] = print) -> dict:
                             overwrite=cfg.overwrite, resume=cfg.resume, progress=cfg.progress, warmup_ratio=0.05)
     log(f"distilling a {cfg.student} student ({sum(p.numel() for p in student.parameters()) / 1e6:.1f}M parameters) "
         f"on {len(sentences)} sentences, {cfg.loss} loss")
-    summary = train(objective, examples, train_cfg, evaluator("dev"))
+    summary = train(objective, examples, train_cfg, evaluator("dev"),
+                    lengths=token_lengths(teacher_dir / "tokenizer.json", [e.texts[0] for e in examples]))
     result = {"model": str(out / "train" / "best"), "summary": summary}
     if cfg.export:
         from fastemb.export import export
@@ -122,3 +124,16 @@ def shrink(cfg: ShrinkConfig, log: Callable[[str], None] = print) -> dict:
                    overwrite=True, log=log)
             result[f"bundle_{precision}"] = str(path)
     return result
+
+
+def token_lengths(tokenizer_file: Path, texts: list[str]) -> list[int]:
+    """Tokens per text under ``tokenizer_file`` (no truncation): the trainer groups batches by it.
+    A teacher without a ``tokenizer.json`` falls back to characters, which track tokens closely."""
+    if not tokenizer_file.is_file():
+        return [len(t) for t in texts]
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tokenizer_file))
+    tok.no_padding()
+    tok.no_truncation()
+    return [len(e.ids) for e in tok.encode_batch(texts)]

@@ -59,6 +59,8 @@ class TrainConfig:
     progress: bool = True
     overwrite: bool = False
     resume: bool = False
+    # with ``lengths`` given to train(): batches of similar length (less padding), see _epoch_order
+    group_chunk: int = 50
 
 
 def lr_at(step: int, total: int, warmup: int, base: float) -> float:
@@ -73,11 +75,16 @@ def train(
     examples: Sequence[Example],
     config: TrainConfig,
     evaluate: Callable[[nn.Module], float] | None = None,
+    lengths: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Train ``objective`` (and so ``objective.encoder``) on ``examples``; returns a summary dict.
 
     ``evaluate(encoder) -> score`` (higher is better, e.g. STS-B dev Spearman) runs on rank 0.
+    ``lengths`` (one per example, e.g. its token count) groups each batch from examples of similar
+    length, so batches pad less: the order is still a seeded function of the epoch (resume is exact).
     """
+    if lengths is not None and len(lengths) != len(examples):
+        raise ValueError(f"lengths has {len(lengths)} entries for {len(examples)} examples")
     rank, world, device = _setup_distributed()
     out = Path(config.out_dir)
     _check_out_dir(out, config, rank, world)
@@ -95,6 +102,8 @@ def train(
     total = config.max_steps or config.epochs * steps_per_epoch
     warmup = int(config.warmup_ratio * total)
 
+    if rank == 0:
+        _import_plotting()
     _seed_everything(config.seed, rank)
     objective.to(device).train()
     optimizer = torch.optim.AdamW(_param_groups(objective, config.weight_decay), lr=config.lr)
@@ -132,7 +141,7 @@ def train(
     try:
         while step < total:
             epoch, in_epoch = divmod(step, steps_per_epoch)
-            order = _epoch_order(len(examples), epoch, config.seed, steps_per_epoch, config, world)
+            order = _epoch_order(len(examples), epoch, config.seed, steps_per_epoch, config, world, lengths)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total, warmup, config.lr)
             step_loss = 0.0
@@ -269,12 +278,27 @@ def _amp_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
 
 
 def _epoch_order(
-    n: int, epoch: int, seed: int, steps: int, config: TrainConfig, world: int
+    n: int, epoch: int, seed: int, steps: int, config: TrainConfig, world: int,
+    lengths: Sequence[int] | None = None,
 ) -> torch.Tensor:
-    """[steps, grad_accum, world, batch] example indices: one seeded shuffle per epoch, last partial step dropped."""
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch))
+    """[steps, grad_accum, world, batch] example indices: one seeded shuffle per epoch, last partial step dropped.
+
+    With ``lengths``, the shuffled examples are cut into chunks of ``group_chunk`` batches, each
+    chunk is sorted by length and cut into batches, and the batches are shuffled: every batch
+    holds examples of similar length while what a batch sees stays random.
+    """
+    gen = torch.Generator().manual_seed(seed * 1000 + epoch)
+    perm = torch.randperm(n, generator=gen)
     usable = steps * config.grad_accum * world * config.batch_size
-    return perm[:usable].view(steps, config.grad_accum, world, config.batch_size)
+    perm = perm[:usable]
+    if lengths is not None:
+        size = config.batch_size
+        lens = torch.as_tensor(lengths, dtype=torch.long)[perm]
+        chunk = max(1, config.group_chunk) * size
+        parts = [perm[i:i + chunk][torch.argsort(lens[i:i + chunk], stable=True)] for i in range(0, usable, chunk)]
+        batches = torch.cat(parts).view(-1, size)
+        perm = batches[torch.randperm(len(batches), generator=gen)].reshape(-1)
+    return perm.view(steps, config.grad_accum, world, config.batch_size)
 
 
 def _to_device(obj: Any, device: torch.device) -> Any:
@@ -385,6 +409,18 @@ def _load_checkpoint(
 
 
 # -- log and plot --------------------------------------------------------------------------------
+
+
+def _import_plotting() -> None:
+    """Import matplotlib before the first step: a Ctrl-C that lands inside that (slow, first)
+    import, at the first checkpoint, surfaces as an unrelated error instead of KeyboardInterrupt."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot  # noqa: F401
+    except ImportError:
+        pass
 
 
 def _write_log(out: Path, log: dict) -> None:

@@ -67,6 +67,7 @@ def test_teach_cosent_end_to_end(tiny_dir, tmp_path, capsys):
         "--dev",
         str(dev),
         "--no-progress",
+        "--group-by-length",
         "--max-length",
         "16",
         "--test",

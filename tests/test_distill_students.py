@@ -181,3 +181,60 @@ def test_textcnn_int8_bundle_stores_its_table_as_int8_rows(tmp_path: Path) -> No
     ref = student.encode(SENTENCES)
     ref = ref / np.linalg.norm(ref, axis=1, keepdims=True)
     assert ((Encoder(int8).encode(SENTENCES) * ref).sum(1)).min() >= 0.999
+
+
+def test_ctrl_c_during_shrink_leaves_a_resumable_checkpoint_and_no_bundle(tmp_path: Path) -> None:
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    teacher = make_tiny_st(tmp_path / "st")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(f"{s} ({i})" for i in range(40) for s in SENTENCES) + "\n")
+    out = tmp_path / "student"
+    base = [sys.executable, "-m", "distill", "shrink", "--teacher", str(teacher), "--layers", "1",
+            "--corpus", str(corpus), "--batch-size", "8", "--eval-every", "2", "--cache-dir",
+            str(tmp_path / "cache"), "--out", str(out)]
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([*base, "--max-steps", "100000"], cwd=root, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    state = out / "train" / "last" / "state.json"
+    deadline = time.time() + 240
+    while not state.is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert state.is_file(), proc.communicate()[0] if proc.poll() is not None else "no checkpoint in 240 s"
+    time.sleep(0.5)  # inside the training loop, wherever it is
+    proc.send_signal(signal.SIGINT)
+    log, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, log
+    assert "interrupted at step" in log
+    assert not list(out.glob("bundle-*")), "an interrupted shrink must not leave bundles"
+    step = json.loads(state.read_text())["step"]
+    assert step >= 2
+    done = subprocess.run([*base, "--resume", "--max-steps", str(step + 2)], cwd=root, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads(state.read_text())["step"] == step + 2
+    for precision in ("fp32", "int8"):
+        assert (out / f"bundle-{precision}" / "fastemb.json").is_file()
+
+
+def test_time_engines_runs_each_engine_in_its_own_process(tmp_path: Path) -> None:
+    from distill.main_job import time_engines
+    from fastemb.export import export
+
+    st = make_tiny_st(tmp_path / "st")
+    bundle = export(st, tmp_path / "bundle", log=None)
+    specs = {"torch": ("sentence-transformers", str(st)), "onnx": ("bundle", str(bundle))}
+    messages: list[str] = []
+    best, vectors = time_engines(specs, SENTENCES * 4, rounds=2, batch_size=4, log=messages.append)
+    assert set(best) == set(vectors) == {"torch", "onnx"} and min(best.values()) > 0
+    assert vectors["onnx"].shape == (len(SENTENCES) * 4, 32)
+    assert np.allclose(vectors["onnx"], vectors["torch"], atol=1e-4)
+    assert messages == ["speed round 1/2 done", "speed round 2/2 done"]
+    with pytest.raises(RuntimeError, match="engine 'broken' failed: .*unknown engine kind 'onnx'"):
+        time_engines({"ok": ("bundle", str(bundle)), "broken": ("onnx", str(bundle))}, SENTENCES, rounds=1)
+    with pytest.raises(RuntimeError, match="engine 'missing' failed: .*does-not-exist"):
+        time_engines({"missing": ("bundle", str(tmp_path / "does-not-exist"))}, SENTENCES, rounds=1)

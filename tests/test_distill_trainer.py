@@ -10,6 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from _distill_tiny import SENTENCES, tiny_bert_dir
@@ -182,3 +183,31 @@ def test_eval_first_can_keep_the_starting_model(tiny_dir, tmp_path):
     start = SentenceEncoder.from_pretrained(tiny_dir).state_dict()
     best = SentenceEncoder.from_pretrained(tmp_path / "o" / "best").state_dict()
     assert all(torch.equal(start[k], best[k]) for k in start)
+
+
+def test_length_grouped_order_is_a_seeded_permutation_of_similar_length_batches():
+    from distill.trainer import TrainConfig, _epoch_order
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 100, size=1000).tolist()
+    cfg = TrainConfig(out_dir="unused", batch_size=8, grad_accum=2, group_chunk=10)
+    steps = 1000 // 16
+    order = _epoch_order(1000, 0, 42, steps, cfg, 1, lengths)
+    assert order.shape == (steps, 2, 1, 8)
+    flat = order.reshape(-1).tolist()
+    assert len(set(flat)) == len(flat) == steps * 16  # each example at most once
+    assert torch.equal(order, _epoch_order(1000, 0, 42, steps, cfg, 1, lengths))  # resume-exact
+    assert not torch.equal(order, _epoch_order(1000, 1, 42, steps, cfg, 1, lengths))
+    spread = lambda o: np.mean([np.ptp([lengths[i] for i in b]) for b in o.reshape(-1, 8).tolist()])  # noqa: E731
+    plain = _epoch_order(1000, 0, 42, steps, cfg, 1)
+    assert spread(order) < 0.25 * spread(plain), (spread(order), spread(plain))
+    # batches are not sorted end to end: the first batches are not all the shortest
+    firsts = [min(lengths[i] for i in b) for b in order.reshape(-1, 8).tolist()[:10]]
+    assert max(firsts) > 20
+
+
+def test_lengths_must_match_examples(tmp_path):
+    from distill.trainer import TrainConfig, train
+
+    with pytest.raises(ValueError, match="lengths has 2 entries for 3 examples"):
+        train(None, [None] * 3, TrainConfig(out_dir=str(tmp_path)), lengths=[1, 2])
