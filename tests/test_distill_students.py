@@ -222,7 +222,7 @@ def test_ctrl_c_during_shrink_leaves_a_resumable_checkpoint_and_no_bundle(tmp_pa
 
 
 def test_time_engines_runs_each_engine_in_its_own_process(tmp_path: Path) -> None:
-    from distill.main_job import time_engines
+    from distill.timing import time_engines
     from fastemb.export import export
 
     st = make_tiny_st(tmp_path / "st")
