@@ -38,14 +38,16 @@ def main() -> None:
     body = table(["model", "STS-B test", "sentences/s", "vs ST teacher", "dim"],
                  [[r["model"], f"{r['stsb_test']:.2f}", f"{r['sentences_per_s']:.0f}", f"{r['vs_st']:.2f}x", r["dim"]]
                   for r in rows])
-    training = []
+    report = json.loads((out / "report.json").read_text())
+    training = [f"- main job: {report['total_seconds']:.0f} s end to end; training (with teacher vectors and exports): "
+                + (", ".join(f"{k} {v:.0f} s" for k, v in report["train_seconds"].items()) or "students reused")]
     for name in ("tinybert-l3", "textcnn"):
         log = out / name / "train" / "log.json"
         if log.is_file():
             evals = [r for r in json.loads(log.read_text())["records"] if "eval" in r]
             training.append(f"- {name}: STS-B dev during training " + ", ".join(f"step {r['step']}: {r['eval']:.2f}" for r in evals))
     body += ("\n\nSTS-B test: 2,758 sentences, Spearman x 100 of cosine; speed: the same sentences, batch 32, "
-             f"best of {args.rounds} interleaved rounds, CPU.\n\n" + "\n".join(training) +
+             f"best of {args.rounds} interleaved rounds, each engine in its own process, CPU.\n\n" + "\n".join(training) +
              "\n\n![quality vs speed](students-tradeoff.png)")
     shutil.copyfile(out / "tradeoff.png", RESULTS / "students-tradeoff.png")
     write_result("students", "Students of all-MiniLM-L6-v2: quality and speed", body, {r["model"]: r for r in rows})

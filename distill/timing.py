@@ -1,7 +1,8 @@
 """Speed of several encoders on the same texts, each in its own process, in interleaved rounds.
 
-Used by the main job's table and by ``bench/encode.py``. An engine is ``("sentence-transformers",
-model_dir)`` or ``("bundle", bundle_dir)`` (a fastemb bundle through ``fastemb.Encoder``).
+Used by the main job's table and the benchmarks. An engine is ``(kind, path)`` or ``(kind, path,
+batch_size)``, kind one of ``"sentence-transformers"`` (a model directory), ``"bundle"`` (a fastemb
+bundle through ``fastemb.Encoder``) and ``"model2vec"`` (a saved ``model2vec.StaticModel``).
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ from collections.abc import Callable
 import numpy as np
 
 
-def time_engines(specs: dict[str, tuple[str, str]], texts: list[str], rounds: int, batch_size: int = 32,
+def time_engines(specs: dict[str, tuple], texts: list[str], rounds: int, batch_size: int = 32,
                  log: Callable[[str], None] = print) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Best sentences/s over ``rounds`` and the vectors of each engine, one process per engine.
 
-    ``specs`` maps a name to ``("sentence-transformers", model_dir)`` or ``("bundle", bundle_dir)``.
+    ``specs`` maps a name to an engine (module docstring); ``batch_size`` applies where the engine
+    does not name its own.
     Each engine loads and warms up in its own process; then the rounds run the engines one after
     another (interleaved, so they share the machine's noise) while the others wait idle. Separate
     processes because engines disturb each other in one: torch's OpenMP threads keep spinning
@@ -71,13 +73,16 @@ def _reply(name: str, worker: tuple) -> object:
     return msg
 
 
-def _engine_worker(spec: tuple[str, str], batch_size: int, conn) -> None:
+def _engine_worker(spec: tuple, batch_size: int, conn) -> None:
     """Child process of :func:`time_engines`: load, warm up, then time one pass per request."""
     import traceback
 
     try:
         texts = conn.recv()
-        kind, path = spec
+        if not isinstance(spec, tuple) or len(spec) not in (2, 3):
+            raise ValueError(f"an engine is (kind, path) or (kind, path, batch_size), got {spec!r}")
+        kind, path = spec[:2]
+        batch_size = int(spec[2]) if len(spec) == 3 else batch_size
         if kind == "sentence-transformers":
             from sentence_transformers import SentenceTransformer
 
@@ -92,8 +97,15 @@ def _engine_worker(spec: tuple[str, str], batch_size: int, conn) -> None:
 
             def fn(t: list[str]) -> np.ndarray:
                 return enc.encode(t, batch_size=batch_size)
+        elif kind == "model2vec":
+            from model2vec import StaticModel
+
+            m2v = StaticModel.from_pretrained(path)
+
+            def fn(t: list[str]) -> np.ndarray:
+                return np.asarray(m2v.encode(t, batch_size=batch_size, use_multiprocessing=False))
         else:
-            raise ValueError(f"unknown engine kind {kind!r}; use 'sentence-transformers' or 'bundle'")
+            raise ValueError(f"unknown engine kind {kind!r}; use 'sentence-transformers', 'bundle' or 'model2vec'")
         fn(texts[:64])
         conn.send("ready")
         while (cmd := conn.recv()) is not None:
