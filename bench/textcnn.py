@@ -10,8 +10,8 @@ interleaved rounds (``distill.timing.time_engines``). Engines:
 
     python bench/textcnn.py [--student .cache/distill/main/textcnn/train/best] [--rounds 3]
 
-Model2Vec's distillation needs ``pip install skeletoken`` (its ``distill`` extra pins an older
-transformers; skeletoken alone is enough and leaves transformers alone).
+Model2Vec's distillation needs skeletoken, which the ``bench`` extra installs (model2vec's own
+``distill`` extra would also pin an older transformers; skeletoken alone works with ours).
 """
 
 from __future__ import annotations
