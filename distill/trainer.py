@@ -132,6 +132,7 @@ def train(
         total=total, initial=step, disable=rank != 0 or not config.progress, desc=objective.name
     )
     t0, running, seen = time.time(), 0.0, 0
+    order_epoch, order = -1, None
     if config.eval_first and step == 0 and evaluate is not None and rank == 0:
         score = float(evaluate(objective.encoder))  # eval mode, no RNG: determinism unaffected
         log["records"].append({"step": 0, "eval": score})
@@ -141,7 +142,9 @@ def train(
     try:
         while step < total:
             epoch, in_epoch = divmod(step, steps_per_epoch)
-            order = _epoch_order(len(examples), epoch, config.seed, steps_per_epoch, config, world, lengths)
+            if order_epoch != epoch:  # the order is a function of the epoch: computed once per epoch
+                order = _epoch_order(len(examples), epoch, config.seed, steps_per_epoch, config, world, lengths)
+                order_epoch = epoch
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total, warmup, config.lr)
             step_loss = 0.0
