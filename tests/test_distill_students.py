@@ -117,7 +117,13 @@ def test_student_bundle_matches_student_in_torch(kind: str, teacher, tmp_path: P
     student.eval()
     student.save(tmp_path / "student")
     out = export(tmp_path / "student", tmp_path / "bundle", log=None)
-    got = Encoder(out).encode(SENTENCES)
+    encoder = Encoder(out)
+    got = encoder.encode(SENTENCES)
+    from fastemb.backends.ort import physical_cores
+
+    # a TextCNN leaves half the cores to the tokenizer; a transformer takes them all
+    assert encoder.backend.threads == (max(1, physical_cores() // 2) if kind == "textcnn" else physical_cores())
+    assert Encoder(out, threads=3).backend.threads == 3
     ref = student.encode(SENTENCES)
     ref = ref / np.linalg.norm(ref, axis=1, keepdims=True)
     cos = (got * ref).sum(1)

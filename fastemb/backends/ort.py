@@ -52,7 +52,8 @@ class OrtBackend:
                  threads: int | None = None) -> None:
         self.providers = choose_providers(device, providers)
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = int(threads or physical_cores())
+        self.threads = int(threads or physical_cores())
+        opts.intra_op_num_threads = self.threads
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
