@@ -11,8 +11,8 @@ Latency is per source (all beams, all steps); tokens/s counts the new tokens of 
 hypothesis (``new_tokens / latency``). All backends must return identical tokens (checked).
 Then ``similar(text, num=5)`` on 20 sentences written for this page (not from the training data).
 
-    flock /tmp/fastemb-cpu.lock python bench/generate.py --model runs/simbert/out/best \\
-        --bundle runs/simbert/bundle
+    python bench/generate.py --model runs/simbert/out/best --bundle runs/simbert/bundle \\
+        --notes bench/notes/generate.md      (scripts/train_simbert.sh runs all of it)
 """
 
 from __future__ import annotations
@@ -61,7 +61,10 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="torch and onnxruntime intra-op threads")
     p.add_argument("--repeats", type=int, default=2, help="timed passes over the sources (best kept)")
     p.add_argument("--no-sts", action="store_true", help="skip STS-B test Spearman of the [CLS] vectors")
+    p.add_argument("--notes", type=Path, help="a Markdown file appended to the results (how the model was made)")
     a = p.parse_args()
+    if a.notes is not None and not a.notes.is_file():
+        raise SystemExit(f"--notes: no file at {a.notes}")
 
     import numpy as np
     import onnxruntime as ort
@@ -143,6 +146,8 @@ def main() -> None:
     versions = {"torch": torch.__version__, "onnxruntime": ort.__version__,
                 "transformers": transformers.__version__, "numpy": np.__version__,
                 "model": a.model, "bundle": a.bundle}
+    if a.notes is not None:
+        body += ["", a.notes.read_text(encoding="utf-8").strip()]
     write_result("generate", "SimBERT generation: KV cache, torch vs ONNX Runtime", "\n".join(body), summary, versions)
 
 

