@@ -27,6 +27,12 @@ def time_engines(specs: dict[str, tuple], texts: list[str], rounds: int, batch_s
     """
     import multiprocessing as mp
 
+    if not specs:
+        raise ValueError("time_engines: no engines given")
+    if not texts:
+        raise ValueError("time_engines: no texts to encode")
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds must be an integer >= 1, got {rounds!r}")
     ctx = mp.get_context("spawn")
     workers = {}
     try:

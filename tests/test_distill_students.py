@@ -242,5 +242,9 @@ def test_time_engines_runs_each_engine_in_its_own_process(tmp_path: Path) -> Non
     assert messages == ["speed round 1/2 done", "speed round 2/2 done"]
     with pytest.raises(RuntimeError, match="engine 'broken' failed: .*unknown engine kind 'onnx'"):
         time_engines({"ok": ("bundle", str(bundle)), "broken": ("onnx", str(bundle))}, SENTENCES, rounds=1)
+    with pytest.raises(ValueError, match="rounds must be an integer >= 1, got 0"):
+        time_engines(specs, SENTENCES, rounds=0)
+    with pytest.raises(ValueError, match="no texts"):
+        time_engines(specs, [], rounds=1)
     with pytest.raises(RuntimeError, match="engine 'missing' failed: .*does-not-exist"):
         time_engines({"missing": ("bundle", str(tmp_path / "does-not-exist"))}, SENTENCES, rounds=1)
