@@ -240,3 +240,11 @@ def test_quantize_tables_rounds_each_row_within_half_a_step(tmp_path: Path) -> N
     assert np.all(np.abs(a - big[ids]) <= step[ids][..., None] / 2 + 1e-6)
     assert np.array_equal(a[0, 1], np.zeros(6, np.float32))
     assert np.array_equal(b, small[sids])
+    # a table another node also reads (tied weights) is left as it is
+    shared = helper.make_graph(
+        [helper.make_node("Gather", ["big", "ids"], ["a"], axis=0), helper.make_node("Identity", ["big"], ["c"])],
+        "s", [helper.make_tensor_value_info("ids", TensorProto.INT64, [None])],
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, None), helper.make_tensor_value_info("c", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(big, "big")])
+    onnx.save(helper.make_model(shared, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+    assert quantize_tables(src, out) == 0

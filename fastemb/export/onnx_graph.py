@@ -91,12 +91,16 @@ def quantize_tables(path: Path, out: Path, min_rows: int = 1024) -> int:
     model = onnx.load(str(path))
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
+    uses: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
     nodes, converted = [], 0
     for node in graph.node:
         axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
         table = inits.get(node.input[0]) if node.op_type == "Gather" and axis == 0 else None
         if (table is None or table.data_type != TensorProto.FLOAT or len(table.dims) != 2
-                or table.dims[0] < min_rows):
+                or table.dims[0] < min_rows or uses[node.input[0]] != 1):  # a shared table stays
             nodes.append(node)
             continue
         w = numpy_helper.to_array(table).astype(np.float32)
