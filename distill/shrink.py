@@ -8,7 +8,7 @@ Layout of ``out``::
 
 Teacher vectors for the corpus come from the teacher's fp32 bundle through ``fastemb.Encoder`` and
 are cached under ``cache_dir`` (keyed by teacher graph and corpus checksums). Training batches
-group sentences of similar token length (the corpus pads to 3x its tokens otherwise).
+group sentences of similar token length (random batches pad each sentence to the longest one).
 """
 
 from __future__ import annotations

@@ -22,8 +22,8 @@ def time_engines(specs: dict[str, tuple], texts: list[str], rounds: int, batch_s
     Each engine loads and warms up in its own process; then the rounds run the engines one after
     another (interleaved, so they share the machine's noise) while the others wait idle. Separate
     processes because engines disturb each other in one: torch's OpenMP threads keep spinning
-    after sentence-transformers returns and take cores from onnxruntime (measured: TextCNN
-    22.5k/s alone, 17.6k/s next to a torch model in the same process).
+    after sentence-transformers returns and take cores from onnxruntime, and onnxruntime's pool
+    does the same to torch (README, "Speed against the goals").
     """
     import multiprocessing as mp
 

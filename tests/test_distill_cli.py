@@ -16,6 +16,20 @@ def tiny_dir(tmp_path_factory):
     return tiny_bert_dir(tmp_path_factory.mktemp("tiny"))
 
 
+def write_scored(path, shift: int, classes: int):
+    """TAB pairs ``SENTENCES[i], SENTENCES[i + shift]`` with label ``i % classes``."""
+    pairs = zip(SENTENCES, SENTENCES[shift:], strict=False)
+    path.write_text("".join(f"{a}\t{b}\t{i % classes}\n" for i, (a, b) in enumerate(pairs)))
+    return path
+
+
+def teach_args(objective, model, data, out, max_steps, *extra):
+    """A short ``teach`` run on the tiny model: batch 4, 16 tokens, no progress bar."""
+    return ["teach", "--objective", objective, "--model", str(model), "--train", str(data),
+            "--out", str(out), "--batch-size", "4", "--max-steps", str(max_steps), "--no-progress",
+            "--max-length", "16", *extra]
+
+
 def test_no_arguments_runs_the_main_job(monkeypatch):
     import distill.main_job
 
@@ -33,46 +47,11 @@ def test_module_help_runs():
 
 
 def test_teach_cosent_end_to_end(tiny_dir, tmp_path, capsys):
-    data = tmp_path / "pairs.tsv"
-    data.write_text(
-        "".join(
-            f"{a}\t{b}\t{i % 5}\n"
-            for i, (a, b) in enumerate(zip(SENTENCES, SENTENCES[1:], strict=False))
-        )
-    )
-    dev = tmp_path / "dev.tsv"
-    dev.write_text(
-        "".join(
-            f"{a}\t{b}\t{i % 3}\n"
-            for i, (a, b) in enumerate(zip(SENTENCES, SENTENCES[2:], strict=False))
-        )
-    )
+    data = write_scored(tmp_path / "pairs.tsv", 1, 5)
+    dev = write_scored(tmp_path / "dev.tsv", 2, 3)
     out = tmp_path / "out"
-    args = [
-        "teach",
-        "--objective",
-        "cosent",
-        "--model",
-        str(tiny_dir),
-        "--train",
-        str(data),
-        "--out",
-        str(out),
-        "--batch-size",
-        "4",
-        "--max-steps",
-        "2",
-        "--eval-every",
-        "1",
-        "--dev",
-        str(dev),
-        "--no-progress",
-        "--group-by-length",
-        "--max-length",
-        "16",
-        "--test",
-        str(dev),
-    ]
+    args = teach_args("cosent", tiny_dir, data, out, 2, "--eval-every", "1", "--dev", str(dev),
+                      "--group-by-length", "--test", str(dev))
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "best dev" in text and "Spearman" in text
@@ -141,32 +120,10 @@ def test_teach_every_sentence_objective_runs_a_step(tiny_dir, tmp_path, objectiv
         "sent0,sent1,hard_neg\n"
         + "".join(f'"{a}",{b},{c}\n' for a, b, c in zip(SENTENCES, SENTENCES[1:], SENTENCES[2:], strict=False))
     )
-    scored = tmp_path / "scored.tsv"
-    scored.write_text(
-        "".join(f"{a}\t{b}\t{i % 5}\n" for i, (a, b) in enumerate(zip(SENTENCES, SENTENCES[1:], strict=False)))
-    )
+    scored = write_scored(tmp_path / "scored.tsv", 1, 5)
     data = scored if objective == "sbert-regression" else nli
     out = tmp_path / "out"
-    args = [
-        "teach",
-        "--objective",
-        objective,
-        "--model",
-        str(tiny_dir),
-        "--train",
-        str(data),
-        "--out",
-        str(out),
-        "--batch-size",
-        "4",
-        "--max-steps",
-        "1",
-        "--dev",
-        "none",
-        "--no-progress",
-        "--max-length",
-        "16",
-    ]
+    args = teach_args(objective, tiny_dir, data, out, 1, "--dev", "none")
     assert main(args) == 0
     assert (out / "best" / "model.safetensors").is_file() and (
         out / "last" / "objective.safetensors"
