@@ -1,4 +1,4 @@
-"""``python -m fastemb``: export a model to a bundle, describe a bundle, encode a text file."""
+"""``python -m fastemb``: export a model to a bundle, describe a bundle, encode a text file, serve a bundle."""
 
 from __future__ import annotations
 
@@ -41,6 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--no-normalize", action="store_true")
 
+    p = sub.add_parser("serve", help="serve a bundle over HTTP (OpenAI / TEI embeddings, search, similar)",
+                       description="Serve a bundle over HTTP: POST /v1/embeddings (OpenAI), /embed (TEI), "
+                                   "/search, /similar; GET /health, /info, /metrics. Needs fastemb[serve].")
+    from fastemb.serve import add_arguments
+
+    add_arguments(p)
+
     args = parser.parse_args(argv)
     try:
         if args.command == "export":
@@ -64,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"bundle": str(b.dir), **json.loads(b.manifest.to_json())}, indent=2))
         elif args.command == "encode":
             return _encode(args)
+        elif args.command == "serve":
+            from fastemb.serve import config_from_args, run
+
+            return run(config_from_args(args), args.log_level)
     except (OSError, ValueError, RuntimeError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
