@@ -10,9 +10,10 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["Bundle", "Encoder", "Generator", "Index", "__version__"]
+__all__ = ["Batcher", "Bundle", "Encoder", "Generator", "Index", "__version__"]
 
 _LAZY = {
+    "Batcher": "fastemb.batcher",
     "Bundle": "fastemb.bundle",
     "Encoder": "fastemb.encoder",
     "Index": "fastemb.index",
