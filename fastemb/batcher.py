@@ -86,6 +86,52 @@ class BatchStats:
     batch_sizes: collections.Counter = field(default_factory=collections.Counter)
 
 
+def _twin(encoder, workers: int):
+    """A copy of a CPU onnxruntime backend with its threads split among ``workers`` (the same graph,
+    loaded once more); other backends are shared as they are."""
+    from fastemb.backends.ort import OrtBackend
+
+    backend = encoder.backend
+    threads = max(1, getattr(backend, "threads", 1) // workers)
+    if not isinstance(backend, OrtBackend) or backend.provider != "CPUExecutionProvider" or backend.threads == threads:
+        return backend
+    return OrtBackend(encoder.bundle.graph("encoder"), device="cpu", threads=threads)
+
+
+def split_batches(lengths: Sequence[int], max_rows: int, max_tokens: int, overhead_tokens: float) -> list[tuple[int, int]]:
+    """Cut texts sorted by length (longest first) into batches ``[start, end)`` of least total cost.
+
+    A batch of ``n`` texts whose longest has ``w`` tokens costs ``overhead_tokens + n * w`` (padding
+    included, in units of one token's compute); batches hold at most ``max_rows`` texts and
+    ``max_tokens`` padded tokens. Cutting a mixed set of short and long texts into a few batches of
+    similar lengths pads far less than one batch, while every extra batch pays the fixed cost of a
+    model call. Exact dynamic programme over the sorted order, O(n * max_rows).
+    """
+    n = len(lengths)
+    if n == 0:
+        return []
+    w = np.asarray(lengths, dtype=np.float64)
+    if np.any(np.diff(w) > 0):
+        raise ValueError("lengths must be sorted longest first")
+    best = np.zeros(n + 1)
+    start = np.zeros(n + 1, dtype=np.int64)
+    for j in range(1, n + 1):
+        lo = max(0, j - max_rows)
+        i = np.arange(lo, j)
+        rows = j - i
+        ok = rows * w[i] <= max_tokens
+        ok[-1] = True  # one text always fits (max_tokens >= max_length is checked up front)
+        cost = np.where(ok, best[i] + overhead_tokens + rows * w[i], np.inf)
+        k = int(np.argmin(cost))
+        best[j], start[j] = cost[k], i[k]
+    cuts = []
+    j = n
+    while j > 0:
+        cuts.append((int(start[j]), j))
+        j = int(start[j])
+    return cuts[::-1]
+
+
 class Batcher:
     """Merge concurrent ``encode`` calls into length-sorted batches on ``workers`` threads.
 
@@ -96,15 +142,21 @@ class Batcher:
         max_wait_ms: how long an idle worker waits for a batch to fill before it runs what it has.
             0 (default) runs at once; under load batches fill while the previous one runs.
         max_queue: texts waiting at most; a call that would exceed it raises ``QueueFull``.
-        workers: inference threads (each runs whole batches; one is best when the backend already
-            uses every core).
+        workers: inference threads, each running whole batches. With more than one, a worker that
+            runs alone uses the encoder's backend (every core), and workers running at the same time
+            each use a copy of a CPU onnxruntime graph (loaded once more) with ``threads / workers``
+            threads: under load they fill the cores without waiting on each other, and a lone request
+            still gets every core.
+        overhead_tokens: the fixed cost of one model call, in tokens' worth of compute, used to decide
+            where to split a set of texts into batches (``split_batches``). Default: measured at start-up
+            (a few model calls on dummy input).
 
     ``encode`` and ``aencode`` return float32 ``[n, dim]`` in the caller's order (``[dim]`` for
     one string), equal to ``encoder.encode`` of the same texts up to float rounding.
     """
 
     def __init__(self, encoder, max_batch_tokens: int = 16384, max_batch_size: int = 64, max_wait_ms: float = 0.0,
-                 max_queue: int = 4096, workers: int = 1) -> None:
+                 max_queue: int = 4096, workers: int = 1, overhead_tokens: float | None = None) -> None:
         for name, value, low in (("max_batch_tokens", max_batch_tokens, 1), ("max_batch_size", max_batch_size, 1),
                                  ("max_queue", max_queue, 1), ("workers", workers, 1)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
@@ -122,9 +174,18 @@ class Batcher:
         self.max_wait = float(max_wait_ms) / 1000.0
         self.max_queue = int(max_queue)
         self.stats = BatchStats()
+        if overhead_tokens is not None and (isinstance(overhead_tokens, bool) or not isinstance(overhead_tokens, (int, float))
+                                            or not 0 <= overhead_tokens <= 1e6):
+            raise ValueError(f"overhead_tokens must be a number in [0, 1e6], got {overhead_tokens!r}")
+        self.overhead_tokens = float(overhead_tokens) if overhead_tokens is not None else self._calibrate()
+        # One worker alone runs on the encoder's backend (all its threads); while several run, each
+        # uses a twin with a share of the threads, so they do not fight over cores (README, Serve).
+        self._solo = encoder.backend
+        self._shared = _twin(encoder, int(workers)) if workers > 1 else encoder.backend
         outputs = encoder.backend.outputs
         self._raw_output = "pooled_embedding" if "pooled_embedding" in outputs else None
         self._queue: collections.deque[_Request] = collections.deque()
+        self._ready: collections.deque[list[tuple[_Request, int]]] = collections.deque()  # cut, not yet run
         self._queued = 0  # texts not yet handed to a worker
         self._cv = threading.Condition()
         self._closing = False
@@ -226,9 +287,13 @@ class Batcher:
         with self._cv:
             self._closing = True
             if not drain:
+                closed = BatcherClosed("the batcher was closed before this call ran")
                 while self._queue:
-                    req = self._queue.popleft()
-                    self._fail(req, BatcherClosed("the batcher was closed before this call ran"))
+                    self._fail(self._queue.popleft(), closed)
+                while self._ready:
+                    for req, _ in self._ready.popleft():
+                        if not req.failed:
+                            self._fail(req, closed)
                 self._queued = 0
             self._cv.notify_all()
         for t in self._threads:
@@ -240,26 +305,59 @@ class Batcher:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _calibrate(self) -> float:
+        """The fixed cost of a model call in tokens: time a 1 x 8 and a 16 x 16 batch, best of three."""
+        enc = self.encoder
+        unk = enc.tokenizer.token_to_id("[UNK]") or 100
+
+        def seconds(rows: int, width: int) -> float:
+            feed = pad_batch([[unk] * width] * rows, enc.backend.inputs, enc._pad_id)
+            out = "sentence_embedding" if "sentence_embedding" in enc.backend.outputs else enc.backend.outputs[0]
+            best = float("inf")
+            for _ in range(4):  # the first call also warms up
+                t = time.perf_counter()
+                enc.backend.run(feed, out)
+                best = min(best, time.perf_counter() - t)
+            return best
+
+        small, large = seconds(1, 8), seconds(16, 16)
+        per_token = (large - small) / (256 - 8)
+        if per_token <= 0:  # timing noise: fall back to a typical transformer figure
+            return 16.0
+        return float(min(max((small - 8 * per_token) / per_token, 1.0), 4096.0))
+
     # -- worker --------------------------------------------------------------------------------
     def _loop(self) -> None:
         while True:
             with self._cv:
-                while not self._queue and not self._closing:
+                while not self._ready and not self._queue and not self._closing:
                     self._cv.wait()
-                if not self._queue:
+                if self._ready:  # a batch another worker cut from its window
+                    batch = self._ready.popleft()
+                    rows = None
+                elif not self._queue:
                     return  # closing, and nothing left
-                if self.max_wait > 0 and self._queued < self.max_batch_size and not self._closing:
-                    until = self._queue[0].enqueued + self.max_wait
-                    while self._queued < self.max_batch_size and not self._closing:
-                        left = until - time.monotonic()
-                        if left <= 0:
-                            break
-                        self._cv.wait(left)
-                rows = self._take()
+                else:
+                    if self.max_wait > 0 and self._queued < self.max_batch_size and not self._closing:
+                        until = self._queue[0].enqueued + self.max_wait
+                        while self._queued < self.max_batch_size and not self._closing:
+                            left = until - time.monotonic()
+                            if left <= 0:
+                                break
+                            self._cv.wait(left)
+                    rows = self._take()
                 self._busy += 1
             try:
-                if rows:
-                    self._run(rows)
+                if rows is not None:
+                    if not rows:
+                        continue
+                    batches = self._batches(rows)
+                    batch = batches[0]
+                    if len(batches) > 1:  # the rest can run on other workers meanwhile
+                        with self._cv:
+                            self._ready.extend(batches[1:])
+                            self._cv.notify(len(batches) - 1)
+                self._run_batch(batch)
             finally:
                 with self._cv:
                     self._busy -= 1
@@ -294,34 +392,22 @@ class Batcher:
         return rows
 
     def _batches(self, rows: list[tuple[_Request, int]]) -> list[list[tuple[_Request, int]]]:
-        """Rows sorted by length (longest first), cut by ``max_batch_size`` and ``max_batch_tokens``."""
+        """Rows sorted by length (longest first), split where it costs least (``split_batches``)."""
         order = sorted(rows, key=lambda r: -len(r[0].ids[r[1]]))
-        batches: list[list[tuple[_Request, int]]] = []
-        current: list[tuple[_Request, int]] = []
-        width = 0
-        for row in order:
-            n = max(1, len(row[0].ids[row[1]]))
-            w = max(width, n)
-            if current and (len(current) >= self.max_batch_size or w * (len(current) + 1) > self.max_batch_tokens):
-                batches.append(current)
-                current, w = [], n
-            current.append(row)
-            width = w
-        if current:
-            batches.append(current)
-        return batches
+        lengths = [max(1, len(r.ids[i])) for r, i in order]
+        cuts = split_batches(lengths, self.max_batch_size, self.max_batch_tokens, self.overhead_tokens)
+        return [order[a:b] for a, b in cuts]
 
-    def _run(self, rows: list[tuple[_Request, int]]) -> None:
-        for batch in self._batches(rows):
-            live = [(r, i) for r, i in batch if not r.failed and not r.future.cancelled()]
-            if not live:
-                continue
-            try:
-                vectors = self._infer(live)
-            except Exception:  # noqa: BLE001 - isolate the request that fails, below
-                self._run_alone(live)
-                continue
-            self._deliver(live, vectors)
+    def _run_batch(self, batch: list[tuple[_Request, int]]) -> None:
+        live = [(r, i) for r, i in batch if not r.failed and not r.future.cancelled()]
+        if not live:
+            return
+        try:
+            vectors = self._infer(live)
+        except Exception:  # noqa: BLE001 - isolate the request that fails, below
+            self._run_alone(live)
+            return
+        self._deliver(live, vectors)
 
     def _infer(self, rows: list[tuple[_Request, int]]) -> np.ndarray:
         enc = self.encoder
@@ -329,7 +415,8 @@ class Batcher:
         raw = [not r.normalize for r, _ in rows]
         if any(raw) and self._raw_output is None:
             raise ValueError("this bundle's graph has no 'pooled_embedding' output: normalize=False is not available")
-        vectors = enc.backend.run(feed, self._raw_output if any(raw) else "sentence_embedding")
+        backend = self._solo if self._busy <= 1 else self._shared
+        vectors = backend.run(feed, self._raw_output if any(raw) else "sentence_embedding")
         if any(raw) and not all(raw):  # mixed batch: normalize the rows that asked for it, in float32
             want = ~np.asarray(raw)
             norms = np.linalg.norm(vectors[want], axis=1, keepdims=True)

@@ -59,13 +59,14 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
-def test_threads_get_their_own_rows_equal_to_serial_encode(enc: Encoder) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_threads_get_their_own_rows_equal_to_serial_encode(enc: Encoder, workers: int) -> None:
     texts = texts_of(600, 0)
     ref = enc.encode(texts)
     raw_ref = enc.encode(texts, normalize=False)
     results: dict[int, np.ndarray] = {}
     errors: list[BaseException] = []
-    with Batcher(enc, max_batch_size=16, max_batch_tokens=512) as b:
+    with Batcher(enc, max_batch_size=16, max_batch_tokens=512, workers=workers) as b:
         def caller(t: int) -> None:
             try:
                 # each thread asks for its own slice, in a shuffled order, some unnormalized
@@ -116,7 +117,7 @@ def test_batches_are_bounded_and_length_sorted(controlled: Encoder) -> None:
     backend = controlled.backend
     texts = texts_of(300, 2)
     backend.gate.clear()
-    with Batcher(controlled, max_batch_size=8, max_batch_tokens=128) as b:
+    with Batcher(controlled, overhead_tokens=8, max_batch_size=8, max_batch_tokens=128) as b:
         first = b.submit("hold the worker")  # the worker blocks on this while the rest queue up
         assert backend.entered.wait(5)
         futures = [b.submit(texts[i : i + 10]) for i in range(0, 300, 10)]
@@ -142,7 +143,7 @@ def test_batches_are_bounded_and_length_sorted(controlled: Encoder) -> None:
 def test_queue_full_raises_at_once(controlled: Encoder) -> None:
     backend = controlled.backend
     backend.gate.clear()
-    with Batcher(controlled, max_queue=10) as b:
+    with Batcher(controlled, overhead_tokens=8, max_queue=10) as b:
         running = b.submit(["runs first"])
         assert backend.entered.wait(5)
         queued = b.submit(["x"] * 10)
@@ -162,7 +163,7 @@ def test_error_fails_only_its_request(controlled: Encoder) -> None:
     poison_text = "xylophone"
     backend.poison = controlled.tokenizer.encode(poison_text, add_special_tokens=False).ids[0]
     backend.gate.clear()
-    with Batcher(controlled) as b:
+    with Batcher(controlled, overhead_tokens=8) as b:
         hold = b.submit("hold")
         assert backend.entered.wait(5)
         good = [b.submit([f"good text {i}", "another"]) for i in range(5)]
@@ -181,7 +182,7 @@ def test_error_fails_only_its_request(controlled: Encoder) -> None:
 def test_deadline_drops_queued_work(controlled: Encoder) -> None:
     backend = controlled.backend
     backend.gate.clear()
-    with Batcher(controlled) as b:
+    with Batcher(controlled, overhead_tokens=8) as b:
         hold = b.submit("hold")
         assert backend.entered.wait(5)
         with pytest.raises(DeadlineExceeded):
@@ -210,7 +211,7 @@ def test_cancelled_asyncio_task_is_not_run(controlled: Encoder) -> None:
         backend.gate.set()
         await hold
 
-    with Batcher(controlled) as b:
+    with Batcher(controlled, overhead_tokens=8) as b:
         asyncio.run(main(b))
         time.sleep(0.1)
         assert b.queue_depth == 0
@@ -229,7 +230,7 @@ def test_truncate_false_refuses_long_text(enc: Encoder) -> None:
 def test_close_drains_then_refuses(controlled: Encoder) -> None:
     backend = controlled.backend
     backend.gate.clear()
-    b = Batcher(controlled)
+    b = Batcher(controlled, overhead_tokens=8)
     hold = b.submit("hold")
     assert backend.entered.wait(5)
     queued = b.submit(["queued before close"] * 3)
@@ -247,7 +248,7 @@ def test_close_drains_then_refuses(controlled: Encoder) -> None:
 def test_close_without_drain_fails_queued(controlled: Encoder) -> None:
     backend = controlled.backend
     backend.gate.clear()
-    b = Batcher(controlled)
+    b = Batcher(controlled, overhead_tokens=8)
     hold = b.submit("hold")
     assert backend.entered.wait(5)
     queued = b.submit(["dropped"])
@@ -275,7 +276,7 @@ def test_bad_timeout(enc: Encoder) -> None:
 
 def test_max_wait_fills_batches(controlled: Encoder) -> None:
     backend = controlled.backend
-    with Batcher(controlled, max_wait_ms=300, max_batch_size=4) as b:
+    with Batcher(controlled, overhead_tokens=8, max_wait_ms=300, max_batch_size=4) as b:
         futures = []
         for i in range(4):
             futures.append(b.submit(f"text {i}"))
@@ -283,3 +284,53 @@ def test_max_wait_fills_batches(controlled: Encoder) -> None:
         for f in futures:
             f.result(10)
     assert [f["input_ids"].shape[0] for f in backend.feeds] == [4]
+
+
+def brute_force_cost(lengths: list[int], max_rows: int, max_tokens: int, overhead: float) -> float:
+    """The least cost over every way to cut the sorted lengths into contiguous batches."""
+    best = float("inf")
+    n = len(lengths)
+    for mask in range(1 << (n - 1)):
+        cuts, start, cost = [], 0, 0.0
+        for j in range(1, n + 1):
+            if j == n or mask >> (j - 1) & 1:
+                cuts.append((start, j))
+                start = j
+        for a, b in cuts:
+            if b - a > max_rows or (b - a) * lengths[a] > max_tokens and b - a > 1:
+                cost = float("inf")
+                break
+            cost += overhead + (b - a) * lengths[a]
+        best = min(best, cost)
+    return best
+
+
+def test_split_batches_is_optimal() -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from fastemb.batcher import split_batches
+
+    @settings(max_examples=200, deadline=None, database=None)
+    @given(st.lists(st.integers(1, 64), min_size=1, max_size=11), st.integers(1, 6), st.integers(64, 300),
+           st.floats(0, 100))
+    def check(lengths, max_rows, max_tokens, overhead):
+        lengths = sorted(lengths, reverse=True)
+        cuts = split_batches(lengths, max_rows, max_tokens, overhead)
+        assert cuts[0][0] == 0 and cuts[-1][1] == len(lengths)
+        assert all(a < b for a, b in cuts) and all(b == c for (_, b), (c, _) in zip(cuts, cuts[1:]))
+        assert all(b - a <= max_rows and ((b - a) * lengths[a] <= max_tokens or b - a == 1) for a, b in cuts)
+        cost = sum(overhead + (b - a) * lengths[a] for a, b in cuts)
+        assert cost <= brute_force_cost(lengths, max_rows, max_tokens, overhead) + 1e-6
+
+    check()
+    # a long text among short ones gets its own batch once the call overhead is small
+    assert split_batches([100, 10, 10, 10, 10], 64, 10_000, 5.0) == [(0, 1), (1, 5)]
+    assert split_batches([100, 10, 10, 10, 10], 64, 10_000, 1000.0) == [(0, 5)]
+    with pytest.raises(ValueError, match="sorted"):
+        split_batches([1, 2], 8, 100, 1.0)
+
+
+def test_calibrated_overhead_is_sane(enc: Encoder) -> None:
+    with Batcher(enc) as b:
+        assert 1.0 <= b.overhead_tokens <= 4096.0

@@ -42,6 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batch-tokens", type=int, default=16384, help="padded tokens per model batch")
     p.add_argument("--max-batch-size", type=int, default=64, help="texts per model batch")
     p.add_argument("--max-wait-ms", type=float, default=0.0, help="how long an idle worker waits for a batch to fill")
+    p.add_argument("--workers", type=int, default=2,
+                   help="inference workers: one alone uses every thread; several at once split them (default 2)")
     p.add_argument("--max-queue", type=int, default=4096, help="texts waiting at most; beyond: 429")
     p.add_argument("--max-request-texts", type=int, default=256, help="texts per request at most; beyond: 413")
     p.add_argument("--max-body-bytes", type=int, default=2 * 1024 * 1024, help="request body size at most; beyond: 413")
@@ -65,7 +67,7 @@ def config_from_args(args: argparse.Namespace):
         raise ValueError("--texts names the text of each index id: it needs --index")
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must be in 0..65535, got {args.port}")
-    for name in ("max_batch_tokens", "max_batch_size", "max_queue", "max_request_texts", "max_body_bytes", "max_k"):
+    for name in ("workers", "max_batch_tokens", "max_batch_size", "max_queue", "max_request_texts", "max_body_bytes", "max_k"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.threads is not None and args.threads < 1:
@@ -77,7 +79,7 @@ def config_from_args(args: argparse.Namespace):
     return ServeConfig(bundle=args.bundle, index=args.index, texts=args.texts, generator=args.generator,
                        host=args.host, port=args.port, model_name=args.model_name, threads=args.threads,
                        max_batch_tokens=args.max_batch_tokens, max_batch_size=args.max_batch_size,
-                       max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
+                       max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, workers=args.workers,
                        max_request_texts=args.max_request_texts, max_body_bytes=args.max_body_bytes,
                        timeout_s=args.timeout, max_k=args.max_k)
 

@@ -58,6 +58,7 @@ class ServeConfig:
     max_batch_tokens: int = 16384
     max_batch_size: int = 64
     max_wait_ms: float = 0.0
+    workers: int = 2
     max_queue: int = 4096
     max_request_texts: int = 256
     max_body_bytes: int = 2 * 1024 * 1024
@@ -121,7 +122,8 @@ class Service:
         cfg = self.config
         self.encoder = Encoder(cfg.bundle, threads=cfg.threads, verify=cfg.verify)
         self.batcher = Batcher(self.encoder, max_batch_tokens=max(cfg.max_batch_tokens, self.encoder.max_length),
-                               max_batch_size=cfg.max_batch_size, max_wait_ms=cfg.max_wait_ms, max_queue=cfg.max_queue)
+                               max_batch_size=cfg.max_batch_size, max_wait_ms=cfg.max_wait_ms, max_queue=cfg.max_queue,
+                               workers=cfg.workers)
         if cfg.index:
             from fastemb.index import Index
 
@@ -155,14 +157,15 @@ class Service:
         out: dict[str, Any] = {"model": self.model_name, "state": self.state, "uptime_s": round(time.time() - self.started, 1)}
         if enc is not None:
             out["bundle"] = {"path": str(enc.bundle.dir), **asdict(enc.bundle.manifest)}
-            out["backend"] = {"provider": enc.provider, "threads": getattr(enc.backend, "threads", None)}
+            out["backend"] = {"provider": enc.provider, "threads": getattr(enc.backend, "threads", None),
+                              "workers": self.config.workers}
         if self.index is not None:
             out["index"] = {"path": self.config.index, "size": len(self.index), "dim": self.index.dim,
                             "metric": self.index.metric, "storage": self.index.storage, "texts": self.texts is not None}
         if self.generator is not None:
             out["generator"] = {"path": str(self.generator.bundle.dir)}
         out["limits"] = {k: v for k, v in asdict(self.config).items()
-                         if k.startswith("max_") or k in ("timeout_s", "generator_queue")}
+                         if k.startswith("max_") or k in ("timeout_s", "generator_queue", "workers")}
         return out
 
     # -- the shared steps of the endpoints -----------------------------------------------------
