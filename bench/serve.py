@@ -132,6 +132,17 @@ class ServerProcess:
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+    def wait_idle(self, timeout: float = 120) -> None:
+        """Until the server stops computing (a scenario's abandoned backlog must not slow the next)."""
+        t = time.time()
+        last = self.cpu_seconds()
+        while time.time() - t < timeout:
+            time.sleep(0.5)
+            now = self.cpu_seconds()
+            if now - last < 0.1:
+                return
+            last = now
+
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
@@ -277,9 +288,13 @@ def main() -> None:
                                   else texts[i], "model": "minilm"}) for i in range(len(texts))]
             for conc in [int(x) for x in args.concurrency.split(",")]:
                 per = {}
+                # long enough that the first responses (queue depth / throughput) are a small part of it
+                seconds = max(args.seconds, 4 * conc * size / offline)
                 for s in servers:
+                    for other in servers:
+                        other.wait_idle()
                     steal, cpu0 = StealMeter(), s.cpu_seconds()
-                    r = wrk(s.url, paths[s.name], bodies, conc, args.seconds)
+                    r = wrk(s.url, paths[s.name], bodies, conc, seconds)
                     r.update(server=s.name, size=size, concurrency=conc, steal=steal.read(),
                              server_cpu=(s.cpu_seconds() - cpu0) / r["seconds"])
                     r["rps"] = r["requests"] / r["seconds"]
@@ -299,7 +314,10 @@ def main() -> None:
         for s in servers:
             s.stop()
     head = (f"Bundle `{bundle}` (all-MiniLM-L6-v2 int8); STS-B test sentences (2,758 unique), OpenAI-compatible "
-            f"embeddings endpoint, float JSON, {args.seconds:.0f} s per scenario, wrk -t1.\n\n"
+            f"embeddings endpoint, float JSON, wrk -t1, {args.seconds:.0f} s per scenario or 4x the time the "
+            f"offline throughput needs for one round of the scenario's texts in flight, whichever is longer; "
+            f"before each scenario both servers are idle (a client that leaves takes its queued texts with it in "
+            f"fastemb; infinity computes them anyway).\n\n"
             f"- offline batched `Encoder.encode` (batch 32, own process, best of 3): **{offline:,.0f} sentences/s**\n"
             f"- bare `Encoder.encode(one text)` (own process, 500 texts): p50 **{bare['p50_ms']:.2f} ms**, "
             f"p99 {bare['p99_ms']:.2f} ms\n"

@@ -303,6 +303,22 @@ def test_queue_full_deadline_and_drain(tiny_bundle: Path, enc: Encoder) -> None:
     s = Server(str(tiny_bundle), "--model-name", "tiny", "--max-wait-ms", "3000", "--max-queue", "2",
                "--max-batch-size", "64", "--timeout", "20")
     try:
+        # a client that gives up: its text is dropped from the queue unrun, and the metrics say so
+        batches = [x for x in httpx.get(s.url + "/metrics").text.splitlines() if x.startswith("fastemb_batches_total")]
+        with socket.create_connection(("127.0.0.1", s.port), timeout=10) as c:
+            body = b'{"inputs": "abandoned"}'
+            c.sendall(b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: "
+                      + str(len(body)).encode() + b"\r\n\r\n" + body)
+            time.sleep(0.3)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            m = httpx.get(s.url + "/metrics").text
+            if "fastemb_dropped_total 1" in m and 'status="499"} 1' in m:
+                break
+            time.sleep(0.2)
+        assert "fastemb_dropped_total 1" in m and 'fastemb_requests_total{endpoint="/embed",status="499"} 1' in m
+        assert batches[0] in m.splitlines()  # no batch ran for it
+
         results = {}
 
         def first() -> None:

@@ -186,9 +186,12 @@ class Service:
             raise ApiError(422, f"{field}: {e}", field) from None
         return ids
 
-    async def embed(self, texts: list[str], ids: list[list[int]], normalize: bool, endpoint: str) -> np.ndarray:
+    async def embed(self, request: Request, texts: list[str], ids: list[list[int]], normalize: bool,
+                    endpoint: str) -> np.ndarray:
         try:
-            vectors = await self.batcher.aencode(texts, normalize=normalize, timeout=self.config.timeout_s, ids=ids)
+            work = asyncio.ensure_future(
+                self.batcher.aencode(texts, normalize=normalize, timeout=self.config.timeout_s, ids=ids))
+            vectors = await _unless_disconnected(request, work)
         except QueueFull as e:
             raise ApiError(429, str(e), kind="rate_limit_exceeded", headers={"Retry-After": "1"}) from None
         except DeadlineExceeded:
@@ -199,6 +202,28 @@ class Service:
         self.texts_total.inc(endpoint, amount=len(texts))
         self.tokens_total.inc(amount=sum(len(x) for x in ids))
         return vectors
+
+
+async def _unless_disconnected(request: Request, work: asyncio.Future):
+    """``work``'s result; if the client disconnects first, cancel it (its queued texts are dropped
+    unrun) and answer 499, which nobody receives but the metrics count."""
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watch = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait((work, watch), return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        work.cancel()
+        raise
+    finally:
+        watch.cancel()
+    if not work.done():
+        work.cancel()
+        raise ApiError(499, "the client closed the connection before its vectors were ready", kind="client_closed")
+    return work.result()
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -221,7 +246,7 @@ async def openai_embeddings(request: Request) -> Response:
     fmt = choice_field(body, "encoding_format", ("float", "base64"), "float")
     dims = int_field(body, "dimensions", None, 1, svc.encoder.dim)
     ids = await svc.tokenize(texts, True, "input")
-    vectors = await svc.embed(texts, ids, True, "/v1/embeddings")
+    vectors = await svc.embed(request, texts, ids, True, "/v1/embeddings")
     if dims is not None and dims < vectors.shape[1]:  # Matryoshka: keep the first dims, L2-normalize again
         vectors = vectors[:, :dims]
         vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), np.float32(1e-12))
@@ -244,7 +269,7 @@ async def tei_embed(request: Request) -> Response:
     normalize = bool_field(body, "normalize", True)
     truncate = bool_field(body, "truncate", True)
     ids = await svc.tokenize(texts, truncate, "inputs")
-    vectors = await svc.embed(texts, ids, normalize, "/embed")
+    vectors = await svc.embed(request, texts, ids, normalize, "/embed")
     return _json(vectors)
 
 
@@ -257,7 +282,7 @@ async def search(request: Request) -> Response:
     queries, _ = texts_field(body, "query", svc.config.max_request_texts)
     k = int_field(body, "k", 10, 1, svc.config.max_k)
     ids = await svc.tokenize(queries, True, "query")
-    vectors = await svc.embed(queries, ids, True, "/search")
+    vectors = await svc.embed(request, queries, ids, True, "/search")
     scores, hits = await run_in_threadpool(svc.index.search, vectors, min(k, max(1, len(svc.index))))
     results = []
     for row_scores, row_ids in zip(scores.tolist(), hits.tolist(), strict=True):
