@@ -36,6 +36,10 @@ __all__ = ["Batcher", "BatcherClosed", "DeadlineExceeded", "QueueFull", "TextToo
 # The worker takes up to this many batches' worth of queued texts at a time and sorts them by
 # length: a wider window pads less, a narrower one returns the earliest caller sooner.
 WINDOW_BATCHES = 4
+# Up to this many texts are tokenized one by one in the calling thread: the tokenizer's parallel
+# batch call hands work to its thread pool, which costs more than it saves for a few short texts
+# and leaves threads spinning on the cores the model needs.
+SERIAL_TOKENIZE = 8
 
 
 class QueueFull(RuntimeError):
@@ -212,7 +216,11 @@ class Batcher:
         ``truncate=False`` raises ``TextTooLong`` for the first text longer than ``max_length``.
         """
         items, single = check_texts(texts)
-        encodings = self.encoder.tokenizer.encode_batch(items, add_special_tokens=True) if items else []
+        tok = self.encoder.tokenizer
+        if len(items) <= SERIAL_TOKENIZE:  # no hand-off to the tokenizer's thread pool for a few texts
+            encodings = [tok.encode(t, add_special_tokens=True) for t in items]
+        else:
+            encodings = tok.encode_batch(items, add_special_tokens=True)
         if not truncate:
             for i, e in enumerate(encodings):
                 if e.overflowing:
