@@ -321,9 +321,9 @@ def main() -> None:
             f"- bare `Encoder.encode(one text)` (own process, 500 texts): p50 **{bare['p50_ms']:.2f} ms**, "
             f"p99 {bare['p99_ms']:.2f} ms\n"
             + f"- sentence-transformers (torch fp32, own process, batch 32): {best['st']:,.0f} sentences/s\n"
-            + "".join(f"- {n} over HTTP: minimum cosine to sentence-transformers fp32 over all 2,758 sentences: {q:.5f}\n"
+            + "".join(f"- {n}: minimum cosine to sentence-transformers fp32 over all 2,758 sentences: {q:.5f}\n"
                       for n, q in {"fastemb offline encode": float(((vectors['offline'] * ref).sum(1)).min()),
-                                   **quality}.items())
+                                   **{f"{k} over HTTP": v for k, v in quality.items()}}.items())
             + "\n`of offline` = sentences/s over the offline batched throughput; `vs infinity` = fastemb's "
               "sentences/s over infinity's in the same scenario; `server CPU` = the server process's CPU "
               "seconds per second (2 cores = 2.00); `steal` = CPU steal time during the scenario.\n")
