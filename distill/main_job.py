@@ -31,6 +31,12 @@ class MainConfig:
     cache_dir: str = ".cache/distill"
     retrain: bool = False  # default: reuse students already trained in ``out``
 
+    def __post_init__(self) -> None:
+        from fastemb._checks import integer
+
+        for name in ("tinybert_steps", "textcnn_steps", "batch_size", "rounds"):
+            integer(name, getattr(self, name), 1)
+
 
 def default_teacher() -> Path:
     try:
@@ -48,7 +54,6 @@ def run(cfg: MainConfig, log: Callable[[str], None] = print) -> dict:
     t0 = time.time()
     teacher = default_teacher()
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     students = {
         "tiny-BERT L3": ShrinkConfig(str(teacher), str(out / "tinybert-l3"), student="tinybert", layers=3,
                                      max_steps=cfg.tinybert_steps, batch_size=cfg.batch_size, cache_dir=cfg.cache_dir,
@@ -57,6 +62,7 @@ def run(cfg: MainConfig, log: Callable[[str], None] = print) -> dict:
                                 max_steps=cfg.textcnn_steps, batch_size=cfg.batch_size, cache_dir=cfg.cache_dir,
                                 eval_every=max(1, cfg.textcnn_steps // 4), overwrite=True),
     }
+    out.mkdir(parents=True, exist_ok=True)
     bundles: dict[str, Path] = {"teacher fp32": teacher_bundle(teacher, cfg.cache_dir, log)}
     t_int8 = out / "teacher-int8"
     if not (t_int8 / "fastemb.json").is_file():
