@@ -176,7 +176,7 @@ def test_cli_refuses_bad_arguments_before_loading_the_model(tiny_bert: Path, tmp
     cases = [
         (["--max-length", "-5", "--no-check"], "max_length must be an integer >= 2, got -5"),
         (["--max-length", "0"], "max_length must be an integer >= 2, got 0"),
-        (["--quantize", "int8", "--fp16"], "choose one of quantize='int8' (CPU) and fp16=True (GPU)"),
+        (["--quantize", "int8", "--fp16"], "choose one of quantize='int8' (CPU) and fp16=True (GPU), not both"),
     ]
     for extra, message in cases:
         assert main(["export", str(tiny_bert), str(tmp_path / "out"), *extra]) == 2

@@ -205,6 +205,7 @@ def test_generator_export_cli_errors_are_one_line_and_exit_2(exported, tmp_path,
     from tests.conftest import make_tiny_bert
 
     make_tiny_bert(bert)
+    capsys.readouterr()  # the progress bars of saving the models above
     cases = [
         ([str(model), str(tmp_path / "taken")], "output exists"),
         ([str(tmp_path / "missing"), str(tmp_path / "o")], "model directory does not exist"),
