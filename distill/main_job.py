@@ -12,13 +12,15 @@ Everything lands in ``out`` (default ``.cache/distill/main``): ``report.md``, ``
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from distill.io import save_figure, write_json
+from fastemb._io import atomic_write_bytes
 
 
 @dataclass
@@ -108,8 +110,8 @@ def write_report(out: Path, rows: list[dict], extra: dict) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += [f"| {r['model']} | {r['stsb_test']:.2f} | {r['sentences_per_s']:.0f} | {r['vs_st']:.2f}x |" for r in rows]
     table = "\n".join(lines)
-    (out / "report.md").write_text(table + "\n", encoding="utf-8")
-    (out / "report.json").write_text(json.dumps({"rows": rows, **extra}, indent=2) + "\n", encoding="utf-8")
+    atomic_write_bytes(out / "report.md", (table + "\n").encode("utf-8"))
+    write_json(out / "report.json", {"rows": rows, **extra})
     plot_tradeoff(rows, out / "tradeoff.png")
     return table
 
@@ -137,5 +139,4 @@ def plot_tradeoff(rows: list[dict], path: Path) -> None:
     ax.set_title("all-MiniLM-L6-v2 and its students: quality vs speed")
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)

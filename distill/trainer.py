@@ -34,10 +34,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from distill.io import atomic_dir, write_json
+from distill.io import atomic_dir, save_figure, write_json
 from distill.objectives.base import Example, Objective
 from fastemb._checks import integer, number
-from fastemb._io import atomic_file
 
 
 @dataclass
@@ -470,8 +469,4 @@ def plot_log(records: list[dict], path: str | Path) -> None:
         ax2.plot(*zip(*evals, strict=False), "o-", color="tab:red", label="dev Spearman")
         ax2.set_ylabel("dev Spearman x 100", color="tab:red")
     fig.tight_layout()
-    try:
-        with atomic_file(path) as f:
-            fig.savefig(f, dpi=100, format="png")
-    finally:
-        plt.close(fig)
+    save_figure(fig, path, dpi=100)
