@@ -221,7 +221,12 @@ def _install(stage: Path, out: Path) -> None:
         _lock(fd, wait=True)
         old = debris_name(out, OLD)
         os.rename(out, old)
-        os.rename(stage, out)
+        try:
+            os.rename(stage, out)
+        except BaseException:  # an error or Ctrl-C between the renames: put the old one back now
+            if not os.path.lexists(out):
+                os.rename(old, out)
+            raise
     finally:
         os.close(fd)
     shutil.rmtree(old, ignore_errors=True)
