@@ -16,6 +16,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from fastemb._checks import integer, number
+from fastemb._cli import run_command
+from fastemb._io import refuse_overwriting_source
+
 # constructor keyword -> CLI flag (dest); a keyword is passed only to objectives that take it.
 # "scale" means a different thing per objective, hence the per-objective flags.
 OBJECTIVE_KNOBS = {
@@ -25,6 +29,8 @@ OBJECTIVE_KNOBS = {
     "num_labels": "num_labels",
 }
 SCALE_FLAG = {"cosent": "cosent_lambda", "simbert": "simbert_scale"}
+# what the commands report as one "error:" line (exit 2); anything else is a bug and keeps its traceback
+CLI_ERRORS = (ValueError, OSError, NotImplementedError, ImportError)
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -292,22 +298,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         build_parser().print_help()
         return 0
-    try:
-        return args.func(args) or 0
-    except (
-        ValueError,
-        FileExistsError,
-        FileNotFoundError,
-        NotImplementedError,
-        ImportError,
-    ) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    return run_command(lambda: args.func(args), errors=CLI_ERRORS)
 
 
-def _check_new_out(out: str, overwrite: bool) -> None:
+def _check_new_out(out: str, overwrite: bool, *sources: str | None) -> None:
+    refuse_overwriting_source(out, *sources)
     p = Path(out)
     if p.exists() and any(p.iterdir()) and not overwrite:
         raise FileExistsError(f"output directory {p} exists; pass --overwrite to replace it")
@@ -345,6 +340,26 @@ def cmd_teach(args: argparse.Namespace) -> int:
     from distill.objectives import objective_class
     from distill.trainer import TrainConfig, train
 
+    config = TrainConfig(
+        out_dir=args.out,
+        epochs=args.epochs,
+        max_steps=args.max_steps,
+        batch_size=args.batch_size,
+        grad_accum=args.grad_accum,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        warmup_ratio=args.warmup_ratio,
+        max_grad_norm=args.max_grad_norm,
+        eval_every=args.eval_every,
+        eval_first=args.eval_first,
+        seed=args.seed,
+        amp=not args.no_amp,
+        progress=not args.no_progress,
+        overwrite=args.overwrite,
+        resume=args.resume,
+    )
+    _check_teach_numbers(args)
+    refuse_overwriting_source(args.out, args.model, args.train)
     cls = objective_class(args.objective)
     examples = read_examples(args.train, cls.data_format)
     if args.max_examples and args.max_examples < len(examples):
@@ -373,24 +388,6 @@ def cmd_teach(args: argparse.Namespace) -> int:
             encoder.config.max_length = args.max_length
         params = inspect.signature(cls).parameters
         objective = cls(encoder, **{k: v for k, v in knobs.items() if k in params})
-    config = TrainConfig(
-        out_dir=args.out,
-        epochs=args.epochs,
-        max_steps=args.max_steps,
-        batch_size=args.batch_size,
-        grad_accum=args.grad_accum,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        warmup_ratio=args.warmup_ratio,
-        max_grad_norm=args.max_grad_norm,
-        eval_every=args.eval_every,
-        eval_first=args.eval_first,
-        seed=args.seed,
-        amp=not args.no_amp,
-        progress=not args.no_progress,
-        overwrite=args.overwrite,
-        resume=args.resume,
-    )
     evaluate = None if args.dev == "none" else evaluator(args.dev)
     lengths = [sum(len(t) for t in ex.texts) for ex in examples] if args.group_by_length else None
     summary = train(objective, examples, config, evaluate, lengths=lengths)
@@ -412,15 +409,41 @@ def cmd_teach(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_teach_numbers(args: argparse.Namespace) -> None:
+    integer("--max-length", args.max_length, 2)
+    integer("--max-examples", args.max_examples, 1, optional=True)
+    number("--tau", args.tau, above=0.0)
+    number("--margin", args.margin, min=0.0)
+    number("--cosent-lambda", args.cosent_lambda, above=0.0)
+    number("--score-scale", args.score_scale, above=0.0, optional=True)
+    number("--simbert-scale", args.simbert_scale, above=0.0)
+    integer("--num-labels", args.num_labels, 2)
+
+
+def _kernel_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(k) for k in text.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise ValueError(f"--kernel-sizes must be comma-separated integers >= 1, got {text!r}")
+    return sizes
+
+
 def cmd_textcnn(args: argparse.Namespace) -> int:
+    for flag in ("embed_dim", "num_filters", "out_dim", "max_length", "min_freq"):
+        integer(f"--{flag.replace('_', '-')}", getattr(args, flag), 1)
+    integer("--seed", args.seed, 0)
+    number("--dropout", args.dropout, min=0.0, max=0.99)
+    kernel_sizes = _kernel_sizes(args.kernel_sizes)
+    _check_new_out(args.out, args.overwrite, args.teacher, args.tokenizer, *(args.char_vocab or []))
     import torch
 
     from distill.textcnn import TextCNN
 
-    _check_new_out(args.out, args.overwrite)
     torch.manual_seed(args.seed)
     config = {
-        "kernel_sizes": [int(k) for k in args.kernel_sizes.split(",")],
+        "kernel_sizes": kernel_sizes,
         "num_filters": args.num_filters,
         "pooling": args.pooling,
         "out_dim": args.out_dim,
@@ -452,7 +475,9 @@ def cmd_whiten(args: argparse.Namespace) -> int:
     from distill.model import SentenceEncoder
     from distill.whitening import whiten
 
-    _check_new_out(args.out, args.overwrite)
+    integer("--k", args.k, 1, optional=True)
+    integer("--max-sentences", args.max_sentences, 1, optional=True)
+    _check_new_out(args.out, args.overwrite, args.model, *args.corpus)
     sentences = list(dict.fromkeys(text_columns(args.corpus)))
     if args.max_sentences and args.max_sentences < len(sentences):
         sentences = random.Random(0).sample(sentences, args.max_sentences)
@@ -466,6 +491,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from distill.evaluation import load_scored, spearman_of
     from distill.model import load_encoder
 
+    integer("--batch-size", args.batch_size, 1)
     encoder = load_encoder(args.model)
     for name in args.data:
         print(f"{name}: Spearman {spearman_of(encoder, load_scored(name), args.batch_size):.2f}")

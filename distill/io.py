@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from fastemb._io import atomic_dir as _atomic_dir
-from fastemb._io import atomic_write_bytes
+from fastemb._io import atomic_file, atomic_write_bytes
 
 
 @contextmanager
@@ -25,3 +25,14 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
 def write_json(path: str | Path, obj: Any) -> None:
     """Write JSON to ``path`` through a temporary file and a rename."""
     atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode("utf-8"))
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = 100) -> None:
+    """Save a matplotlib figure as PNG through a temporary file and a rename; close it."""
+    import matplotlib.pyplot as plt
+
+    try:
+        with atomic_file(path) as f:
+            fig.savefig(f, dpi=dpi, format="png")
+    finally:
+        plt.close(fig)

@@ -12,13 +12,15 @@ Everything lands in ``out`` (default ``.cache/distill/main``): ``report.md``, ``
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from distill.io import save_figure, write_json
+from fastemb._io import atomic_write_bytes
 
 
 @dataclass
@@ -30,6 +32,12 @@ class MainConfig:
     rounds: int = 2
     cache_dir: str = ".cache/distill"
     retrain: bool = False  # default: reuse students already trained in ``out``
+
+    def __post_init__(self) -> None:
+        from fastemb._checks import integer
+
+        for name in ("tinybert_steps", "textcnn_steps", "batch_size", "rounds"):
+            integer(name, getattr(self, name), 1)
 
 
 def default_teacher() -> Path:
@@ -48,7 +56,6 @@ def run(cfg: MainConfig, log: Callable[[str], None] = print) -> dict:
     t0 = time.time()
     teacher = default_teacher()
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     students = {
         "tiny-BERT L3": ShrinkConfig(str(teacher), str(out / "tinybert-l3"), student="tinybert", layers=3,
                                      max_steps=cfg.tinybert_steps, batch_size=cfg.batch_size, cache_dir=cfg.cache_dir,
@@ -57,6 +64,7 @@ def run(cfg: MainConfig, log: Callable[[str], None] = print) -> dict:
                                 max_steps=cfg.textcnn_steps, batch_size=cfg.batch_size, cache_dir=cfg.cache_dir,
                                 eval_every=max(1, cfg.textcnn_steps // 4), overwrite=True),
     }
+    out.mkdir(parents=True, exist_ok=True)
     bundles: dict[str, Path] = {"teacher fp32": teacher_bundle(teacher, cfg.cache_dir, log)}
     t_int8 = out / "teacher-int8"
     if not (t_int8 / "fastemb.json").is_file():
@@ -102,8 +110,8 @@ def write_report(out: Path, rows: list[dict], extra: dict) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += [f"| {r['model']} | {r['stsb_test']:.2f} | {r['sentences_per_s']:.0f} | {r['vs_st']:.2f}x |" for r in rows]
     table = "\n".join(lines)
-    (out / "report.md").write_text(table + "\n", encoding="utf-8")
-    (out / "report.json").write_text(json.dumps({"rows": rows, **extra}, indent=2) + "\n", encoding="utf-8")
+    atomic_write_bytes(out / "report.md", (table + "\n").encode("utf-8"))
+    write_json(out / "report.json", {"rows": rows, **extra})
     plot_tradeoff(rows, out / "tradeoff.png")
     return table
 
@@ -131,5 +139,4 @@ def plot_tradeoff(rows: list[dict], path: Path) -> None:
     ax.set_title("all-MiniLM-L6-v2 and its students: quality vs speed")
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)

@@ -19,6 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from fastemb._checks import integer
+from fastemb._io import refuse_overwriting_source
+
 STUDENTS = ("tinybert", "textcnn")
 
 
@@ -44,6 +47,28 @@ class ShrinkConfig:
     resume: bool = False
     export: bool = True
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        """Refuse bad arguments when the config is made: before anything is loaded or written."""
+        from distill.objectives.distillation import KINDS as LOSSES
+
+        if self.student not in STUDENTS:
+            raise ValueError(f"unknown student {self.student!r}; choose one of {', '.join(STUDENTS)}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
+        integer("layers", self.layers, 1)
+        integer("hidden_size", self.hidden_size, 1, optional=True)
+        integer("max_sentences", self.max_sentences, 1, optional=True)
+        integer("max_length", self.max_length, 2)
+        self.train_config()  # the training numbers: epochs, max_steps, batch_size, lr, ...
+
+    def train_config(self):
+        from distill.trainer import TrainConfig
+
+        lr = self.lr if self.lr is not None else (1e-4 if self.student == "tinybert" else 2e-3)
+        return TrainConfig(out_dir=str(Path(self.out) / "train"), epochs=self.epochs, max_steps=self.max_steps,
+                           batch_size=self.batch_size, lr=lr, eval_every=self.eval_every, seed=self.seed,
+                           overwrite=self.overwrite, resume=self.resume, progress=self.progress, warmup_ratio=0.05)
 
 
 def teacher_bundle(teacher: str | Path, cache_dir: str | Path, log: Callable[[str], None] = print) -> Path:
@@ -77,14 +102,16 @@ def shrink(cfg: ShrinkConfig, log: Callable[[str], None] = print) -> dict:
         textcnn_from_teacher,
         tinybert_from_teacher,
     )
-    from distill.trainer import TrainConfig, train
+    from distill.trainer import train
 
-    if cfg.student not in STUDENTS:
-        raise ValueError(f"unknown student {cfg.student!r}; choose one of {', '.join(STUDENTS)}")
+    train_cfg = cfg.train_config()
     teacher_dir = Path(cfg.teacher)
     if not teacher_dir.is_dir():
         raise FileNotFoundError(f"teacher directory not found: {teacher_dir}")
+    if cfg.corpus is not None and not Path(cfg.corpus).is_file():
+        raise FileNotFoundError(f"corpus file not found: {cfg.corpus}")
     out = Path(cfg.out)
+    refuse_overwriting_source(out, teacher_dir, cfg.corpus)
     if out.exists() and any(out.iterdir()) and not (cfg.overwrite or cfg.resume):
         raise FileExistsError(f"output directory {out} exists; pass --overwrite to replace it or --resume to continue")
     try:
@@ -93,10 +120,8 @@ def shrink(cfg: ShrinkConfig, log: Callable[[str], None] = print) -> dict:
         raise ValueError(f"{teacher_dir} is not a supported teacher encoder: {e}") from None
     if cfg.student == "tinybert":
         student = tinybert_from_teacher(teacher, cfg.layers, cfg.hidden_size)
-        lr = cfg.lr or 1e-4
     else:
         student = textcnn_from_teacher(teacher_dir, out_dim=teacher.dim, max_length=cfg.max_length)
-        lr = cfg.lr or 2e-3
     del teacher
 
     sentences = read_corpus(cfg.corpus or CORPUS)
@@ -107,9 +132,6 @@ def shrink(cfg: ShrinkConfig, log: Callable[[str], None] = print) -> dict:
     examples = [Example((s,), i) for i, s in enumerate(sentences)]
     random.Random(cfg.seed).shuffle(examples)
     objective = DistillationLoss(student, targets, cfg.loss)
-    train_cfg = TrainConfig(out_dir=str(out / "train"), epochs=cfg.epochs, max_steps=cfg.max_steps,
-                            batch_size=cfg.batch_size, lr=lr, eval_every=cfg.eval_every, seed=cfg.seed,
-                            overwrite=cfg.overwrite, resume=cfg.resume, progress=cfg.progress, warmup_ratio=0.05)
     log(f"distilling a {cfg.student} student ({sum(p.numel() for p in student.parameters()) / 1e6:.1f}M parameters) "
         f"on {len(sentences)} sentences, {cfg.loss} loss")
     summary = train(objective, examples, train_cfg, evaluator("dev"),

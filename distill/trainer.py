@@ -34,8 +34,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from distill.io import atomic_dir, write_json
+from distill.io import atomic_dir, save_figure, write_json
 from distill.objectives.base import Example, Objective
+from fastemb._checks import integer, number
 
 
 @dataclass
@@ -62,6 +63,21 @@ class TrainConfig:
     # with ``lengths`` given to train(): batches of similar length (less padding), see _epoch_order
     group_chunk: int = 50
 
+    def __post_init__(self) -> None:
+        """Refuse bad numbers when the config is made, before a model is loaded or a file written."""
+        integer("epochs", self.epochs, 1)
+        integer("max_steps", self.max_steps, 1, optional=True)
+        integer("batch_size", self.batch_size, 1)
+        integer("grad_accum", self.grad_accum, 1)
+        number("lr", self.lr, above=0.0)
+        number("weight_decay", self.weight_decay, min=0.0)
+        number("warmup_ratio", self.warmup_ratio, min=0.0, max=1.0)
+        number("max_grad_norm", self.max_grad_norm, above=0.0)
+        integer("eval_every", self.eval_every, 0)  # 0: only at the end
+        integer("log_every", self.log_every, 1)
+        integer("seed", self.seed, 0)
+        integer("group_chunk", self.group_chunk, 1)
+
 
 def lr_at(step: int, total: int, warmup: int, base: float) -> float:
     """Linear warmup over ``warmup`` steps to ``base``, then linear decay to 0 at ``total``."""
@@ -87,7 +103,6 @@ def train(
         raise ValueError(f"lengths has {len(lengths)} entries for {len(examples)} examples")
     rank, world, device = _setup_distributed()
     out = Path(config.out_dir)
-    _check_out_dir(out, config, rank, world)
     if config.batch_size < objective.min_batch_size:
         raise ValueError(
             f"batch size {config.batch_size} is too small for {objective.name!r}: it needs at least "
@@ -101,6 +116,7 @@ def train(
         )
     total = config.max_steps or config.epochs * steps_per_epoch
     warmup = int(config.warmup_ratio * total)
+    _check_out_dir(out, config, rank, world)  # after every check: a refused run leaves no directory
 
     if rank == 0:
         _import_plotting()
@@ -453,7 +469,4 @@ def plot_log(records: list[dict], path: str | Path) -> None:
         ax2.plot(*zip(*evals, strict=False), "o-", color="tab:red", label="dev Spearman")
         ax2.set_ylabel("dev Spearman x 100", color="tab:red")
     fig.tight_layout()
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path, dpi=100)

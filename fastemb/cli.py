@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from fastemb._cli import run_command
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fastemb", description=__doc__)
@@ -49,35 +51,35 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(p)
 
     args = parser.parse_args(argv)
-    try:
-        if args.command == "export":
-            from fastemb.export import export
+    return run_command(lambda: _run(args))
 
-            if args.tensorrt:  # fail before the export, not after it
-                from fastemb.export.tensorrt import preflight
 
-                preflight(args.tensorrt_batch, args.tensorrt_seq)
-            export(args.src, args.out, quantize=args.quantize, optimize=args.optimize, fp16=args.fp16,
-                   pooling=args.pooling, max_length=args.max_length, overwrite=args.overwrite, check=not args.no_check)
-            if args.tensorrt:
-                from fastemb.export.tensorrt import export_tensorrt
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "export":
+        from fastemb.export import export
 
-                export_tensorrt(args.out, batch=args.tensorrt_batch, seq=args.tensorrt_seq,
-                                precision=args.tensorrt_precision, workspace_gb=args.tensorrt_workspace)
-        elif args.command == "info":
-            from fastemb.bundle import Bundle
+        if args.tensorrt:  # fail before the export, not after it
+            from fastemb.export.tensorrt import preflight
 
-            b = Bundle(args.bundle)
-            print(json.dumps({"bundle": str(b.dir), **json.loads(b.manifest.to_json())}, indent=2))
-        elif args.command == "encode":
-            return _encode(args)
-        elif args.command == "serve":
-            from fastemb.serve import config_from_args, run
+            preflight(args.tensorrt_batch, args.tensorrt_seq)
+        export(args.src, args.out, quantize=args.quantize, optimize=args.optimize, fp16=args.fp16,
+               pooling=args.pooling, max_length=args.max_length, overwrite=args.overwrite, check=not args.no_check)
+        if args.tensorrt:
+            from fastemb.export.tensorrt import export_tensorrt
 
-            return run(config_from_args(args), args.log_level)
-    except (OSError, ValueError, RuntimeError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+            export_tensorrt(args.out, batch=args.tensorrt_batch, seq=args.tensorrt_seq,
+                            precision=args.tensorrt_precision, workspace_gb=args.tensorrt_workspace)
+    elif args.command == "info":
+        from fastemb.bundle import Bundle
+
+        b = Bundle(args.bundle)
+        print(json.dumps({"bundle": str(b.dir), **json.loads(b.manifest.to_json())}, indent=2))
+    elif args.command == "encode":
+        return _encode(args)
+    elif args.command == "serve":
+        from fastemb.serve import config_from_args, run
+
+        return run(config_from_args(args), args.log_level)
     return 0
 
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
+from fastemb._checks import integer
 from fastemb.backends.profiles import run_with_oom_retry
-from fastemb.bundle import Bundle, BundleError
+from fastemb.bundle import Bundle, BundleError, check_graph
 from fastemb.tokenize import check_texts, length_batches, load_tokenizer, pad_batch, pad_id_of
 
 # Texts are tokenized in chunks; the next chunk is tokenized in a background thread while the
@@ -34,6 +35,7 @@ class Encoder:
                  threads: int | None = None, verify: bool = True) -> None:
         from fastemb.backends.ort import OrtBackend
 
+        threads = integer("threads", threads, min=1, optional=True)
         self.bundle = Bundle(path, verify=verify)
         m = self.bundle.manifest
         if m.kind != "encoder":
@@ -52,6 +54,7 @@ class Encoder:
 
                 threads = max(1, physical_cores() // 2)  # README, Shrink: faster on 2 cores
             self.backend = OrtBackend(self.bundle.graph("encoder"), device=device, providers=providers, threads=threads)
+            check_graph(self.bundle, self.backend.session, "sentence_embedding")
         missing = [n for n in self.backend.inputs if n not in ("input_ids", "attention_mask", "token_type_ids")]
         if missing:
             raise BundleError(f"{self.bundle.dir}: graph input(s) {missing} are not ones fastemb can feed")
@@ -69,8 +72,7 @@ class Encoder:
         returns the pooled vectors before L2 normalization.
         """
         items, single = check_texts(texts)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        batch_size = integer("batch_size", batch_size, min=1)
         output = "sentence_embedding" if normalize else "pooled_embedding"
         if output not in self.backend.outputs:
             raise BundleError(f"{self.bundle.dir}: graph has no {output!r} output (outputs: {self.backend.outputs})")

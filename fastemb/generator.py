@@ -16,7 +16,8 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from fastemb.bundle import Bundle, BundleError
+from fastemb._checks import integer
+from fastemb.bundle import Bundle, BundleError, check_graph
 from fastemb.search import (
     MAX_BEAM_SIZE,
     BeamSearch,
@@ -25,6 +26,7 @@ from fastemb.search import (
     Sampling,
     SearchStrategy,
 )
+from fastemb.tokenize import check_texts
 
 __all__ = ["Generator"]
 
@@ -69,6 +71,7 @@ class Generator:
     """
 
     def __init__(self, path: str | Path, providers: Sequence[str] | None = None, threads: int | None = None) -> None:
+        threads = integer("threads", threads, min=1, optional=True)
         self.bundle = Bundle(path)
         m = self.bundle.manifest
         if m.kind != "generator":
@@ -80,12 +83,20 @@ class Generator:
             if role not in m.graphs:
                 raise BundleError(f"{self.bundle.dir}: generator bundle without a {role!r} graph")
         x = m.extra
+        try:
+            self.max_positions = integer("max_positions", x["max_positions"], 2)
+            self.end_id = integer("end_id", x["end_id"], 0)
+            self.banned_ids = [integer("banned_ids[]", i, 0) for i in x["banned_ids"]]
+            self.pad_id = integer("special_ids.pad", x["special_ids"]["pad"], 0)
+            layers = integer("num_layers", x["num_layers"], 1)
+            vocab = integer("vocab_size", x["vocab_size"], 1)
+        except (KeyError, TypeError, ValueError) as e:
+            raise BundleError(f"{self.bundle.dir}: generator manifest extra is incomplete or wrong: {e}") from None
         self.max_length = int(m.max_length)
-        self.max_positions = int(x["max_positions"])
-        self.end_id = int(x["end_id"])
-        self.banned_ids = [int(i) for i in x["banned_ids"]]
-        self.pad_id = int(x["special_ids"]["pad"])
-        self._past = [f"past.{i}.{kv}" for i in range(int(x["num_layers"])) for kv in ("key", "value")]
+        if self.max_length >= self.max_positions:
+            raise BundleError(f"{self.bundle.dir}: max_length {self.max_length} leaves no room to generate within "
+                              f"max_positions {self.max_positions}")
+        self._past = [f"past.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
         available = ort.get_available_providers()
         providers = list(providers or ["CPUExecutionProvider"])
         unknown = [p for p in providers if p not in available]
@@ -93,9 +104,11 @@ class Generator:
             raise ValueError(f"provider(s) {', '.join(unknown)} not available; available: {', '.join(available)}")
         opts = ort.SessionOptions()
         if threads:
-            opts.intra_op_num_threads = int(threads)
+            opts.intra_op_num_threads = threads
         self._encode = ort.InferenceSession(str(self.bundle.graph("encode_source")), opts, providers=providers)
         self._step = ort.InferenceSession(str(self.bundle.graph("decode_step")), opts, providers=providers)
+        check_graph(self.bundle, self._encode, "cls", max_positions=self.max_positions)
+        check_graph(self.bundle, self._step, "logits", dim=vocab, max_positions=self.max_positions)
         self.tokenizer = Tokenizer.from_file(str(self.bundle.file("tokenizer.json")))
         # shipped tokenizers may have padding/truncation switched on: set both explicitly
         self.tokenizer.no_padding()
@@ -105,12 +118,12 @@ class Generator:
     def source_ids(self, text: str) -> np.ndarray:
         if not isinstance(text, str) or not text.strip():
             raise ValueError("text must be a non-empty string")
+        check_texts(text)
         return np.asarray([self.tokenizer.encode(text).ids], dtype=np.int64)
 
     def generate_ids(self, input_ids: np.ndarray, strategy: SearchStrategy, max_new_tokens: int = 32) -> list[Hypothesis]:
         """Run ``strategy`` on one tokenized source ``[1, len]``."""
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        integer("max_new_tokens", max_new_tokens, 1)
         n = input_ids.shape[1]
         if n + max_new_tokens > self.max_positions:
             raise ValueError(
@@ -137,15 +150,11 @@ class Generator:
 
         ``beam_size`` defaults to ``max(num, 4)`` and must be >= ``num`` (n-best from one beam).
         """
-        if num < 1:
-            raise ValueError(f"num must be >= 1, got {num}")
-        if num > MAX_BEAM_SIZE:
-            raise ValueError(f"num must be <= {MAX_BEAM_SIZE}, got {num}")
+        integer("num", num, 1, MAX_BEAM_SIZE)
+        integer("max_new_tokens", max_new_tokens, 1)
         ids = self.source_ids(text)
         if method == "beam":
-            beam = max(num, 4) if beam_size is None else beam_size
-            if not 1 <= beam <= MAX_BEAM_SIZE:
-                raise ValueError(f"beam_size must be in 1..{MAX_BEAM_SIZE}, got {beam}")
+            beam = max(num, 4) if beam_size is None else integer("beam_size", beam_size, 1, MAX_BEAM_SIZE)
             if beam < num:
                 raise ValueError(f"beam_size ({beam}) must be >= num ({num}): the n-best come from one beam")
             strategy: SearchStrategy = BeamSearch(beam, length_penalty, num)
@@ -161,8 +170,8 @@ class Generator:
     # -- retrieval vectors and ranking ----------------------------------------------------------
     def embed(self, texts: str | Sequence[str], batch_size: int = 32) -> np.ndarray:
         """[CLS] vectors, float32 ``[n, dim]`` (``[dim]`` for one string), L2-normalized."""
-        single = isinstance(texts, str)
-        texts = [texts] if single else list(texts)
+        texts, single = check_texts(texts)
+        batch_size = integer("batch_size", batch_size, 1)
         encs = [self.tokenizer.encode(t).ids for t in texts]
         out = np.zeros((len(texts), self.bundle.manifest.dim), np.float32)
         order = np.argsort([-len(e) for e in encs], kind="stable")
@@ -196,9 +205,8 @@ class Generator:
         recipe: more varied than beam search) or beam search; drops duplicates and the input
         itself (compared case- and space-insensitively), then ranks.
         """
-        if num < 1:
-            raise ValueError(f"num must be >= 1, got {num}")
-        candidates = 4 * num if candidates is None else candidates
+        integer("num", num, 1, MAX_BEAM_SIZE)
+        candidates = 4 * num if candidates is None else integer("candidates", candidates, 1)
         if not num <= candidates <= MAX_BEAM_SIZE:
             raise ValueError(f"candidates must be in num..{MAX_BEAM_SIZE} ({num}..), got {candidates}")
         if method == "beam":

@@ -16,6 +16,8 @@ from typing import Protocol
 
 import numpy as np
 
+from fastemb._checks import integer, number
+
 __all__ = ["BeamSearch", "GreedySearch", "Hypothesis", "Sampling", "SearchStrategy", "StepModel"]
 
 MAX_BEAM_SIZE = 128
@@ -108,12 +110,9 @@ class BeamSearch:
     num_hypotheses: int = 1
 
     def __post_init__(self) -> None:
-        if not 1 <= self.beam_size <= MAX_BEAM_SIZE:
-            raise ValueError(f"beam_size must be in 1..{MAX_BEAM_SIZE}, got {self.beam_size}")
-        if not 1 <= self.num_hypotheses <= self.beam_size:
-            raise ValueError(
-                f"num_hypotheses must be in 1..beam_size ({self.beam_size}), got {self.num_hypotheses}"
-            )
+        integer("beam_size", self.beam_size, 1, MAX_BEAM_SIZE)
+        number("length_penalty", self.length_penalty)
+        integer("num_hypotheses", self.num_hypotheses, 1, self.beam_size)
 
     def search(self, model, input_ids, max_new_tokens, end_id, banned_ids=()):
         vocab = _Vocab(end_id, banned_ids)
@@ -170,14 +169,11 @@ class Sampling:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        if not 1 <= self.num <= MAX_BEAM_SIZE:
-            raise ValueError(f"num must be in 1..{MAX_BEAM_SIZE}, got {self.num}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 = no cut), got {self.top_k}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if not self.temperature > 0.0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        integer("num", self.num, 1, MAX_BEAM_SIZE)
+        integer("top_k", self.top_k, 0)  # 0: no cut
+        number("top_p", self.top_p, max=1.0, above=0.0)
+        number("temperature", self.temperature, above=0.0)
+        integer("seed", self.seed, 0, optional=True)
 
     def search(self, model, input_ids, max_new_tokens, end_id, banned_ids=()):
         vocab = _Vocab(end_id, banned_ids)
@@ -211,7 +207,11 @@ class Sampling:
         return [done[s] for s in range(self.num)]
 
     def _filter(self, logp: np.ndarray) -> np.ndarray:
-        x = logp.astype(np.float64) / self.temperature
+        # shift before dividing: the best token stays at 0 for any temperature, so a tiny one
+        # (1e-320) gives greedy choice instead of -inf - -inf = NaN
+        x = logp.astype(np.float64)
+        with np.errstate(over="ignore"):  # overflow to -inf is the intended limit
+            x = (x - x.max(axis=1, keepdims=True)) / self.temperature
         if 0 < self.top_k < x.shape[1]:
             kth = -np.partition(-x, self.top_k - 1, axis=1)[:, self.top_k - 1 : self.top_k]
             x = np.where(x >= kth, x, -np.inf)

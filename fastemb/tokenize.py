@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import KeysView, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 
 import numpy as np
 from tokenizers import Tokenizer
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def load_tokenizer(path: str | Path, max_length: int) -> Tokenizer:
@@ -22,18 +26,33 @@ def load_tokenizer(path: str | Path, max_length: int) -> Tokenizer:
 
 
 def check_texts(texts: object) -> tuple[list[str], bool]:
-    """Normalize ``str | Sequence[str]`` to a list; return it and whether a single string was given."""
+    """Normalize ``str | Sequence[str]`` to a list; return it and whether a single string was given.
+
+    Refused, with the reason: bytes (decode them first), a mapping (its keys would be encoded), a
+    set (its order is arbitrary, so row i would not be text i), non-str items, and strings with a
+    lone surrogate (not valid Unicode; named by index and position).
+    """
     if isinstance(texts, str):
-        return [texts], True
-    if isinstance(texts, (bytes, bytearray)):
-        raise TypeError("texts must be str or a sequence of str, got bytes (decode it first)")
-    if not isinstance(texts, Sequence) and not hasattr(texts, "__iter__"):
-        raise TypeError(f"texts must be str or a sequence of str, got {type(texts).__name__}")
-    out = list(texts)  # type: ignore[arg-type]
+        out, single = [texts], True
+    else:
+        if isinstance(texts, (bytes, bytearray)):
+            raise TypeError("texts must be str or a sequence of str, got bytes (decode it first)")
+        if isinstance(texts, Mapping):
+            raise TypeError(f"texts must be str or a sequence of str, got {type(texts).__name__} "
+                            "(a mapping: pass list(d.values()) or list(d) to say which)")
+        if isinstance(texts, AbstractSet) and not isinstance(texts, KeysView):
+            raise TypeError(f"texts must be str or a sequence of str, got {type(texts).__name__}, whose order is "
+                            "arbitrary (pass sorted(texts) or a list, so that row i is text i)")
+        if not isinstance(texts, Sequence) and not hasattr(texts, "__iter__"):
+            raise TypeError(f"texts must be str or a sequence of str, got {type(texts).__name__}")
+        out, single = list(texts), False  # type: ignore[arg-type]
     for i, t in enumerate(out):
         if not isinstance(t, str):
             raise TypeError(f"texts[{i}] is {type(t).__name__}, not str: {t!r:.60}")
-    return out, False
+        if not t.isascii() and (m := _SURROGATE.search(t)):
+            raise ValueError(f"{'text' if single else f'texts[{i}]'} has a lone surrogate {m.group()!r} at character {m.start()}: "
+                             "not valid Unicode (decode the source with errors='replace' or fix it)")
+    return out, single
 
 
 def length_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:

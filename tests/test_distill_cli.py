@@ -128,3 +128,103 @@ def test_teach_every_sentence_objective_runs_a_step(tiny_dir, tmp_path, objectiv
     assert (out / "best" / "model.safetensors").is_file() and (
         out / "last" / "objective.safetensors"
     ).is_file()
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Fail the test if a command loads a model or the teacher, or starts the main job."""
+    import distill.main_job
+    import distill.model
+    import distill.shrink
+
+    def fail(*_a, **_k):
+        pytest.fail("a model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(distill.model.SentenceEncoder, "from_pretrained", fail)
+    monkeypatch.setattr(distill.model, "load_encoder", fail)
+    monkeypatch.setattr(distill.shrink, "teacher_bundle", fail)
+    monkeypatch.setattr(distill.main_job, "default_teacher", fail)
+
+
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--epochs", "0", "epochs must be an integer >= 1, got 0"),
+        ("--batch-size", "0", "batch_size must be an integer >= 1, got 0"),
+        ("--max-steps", "0", "max_steps must be an integer >= 1, got 0"),
+        ("--lr", "0", "lr must be a finite number > 0.0, got 0.0"),
+        ("--lr", "nan", "lr must be a finite number > 0.0, got nan"),
+        ("--eval-every", "-1", "eval_every must be an integer >= 0, got -1"),
+        ("--seed", "-1", "seed must be an integer >= 0, got -1"),
+        ("--layers", "0", "layers must be an integer >= 1, got 0"),
+        ("--hidden-size", "0", "hidden_size must be an integer >= 1, got 0"),
+        ("--max-sentences", "0", "max_sentences must be an integer >= 1, got 0"),
+        ("--max-length", "1", "max_length must be an integer >= 2, got 1"),
+    ],
+)
+def test_shrink_checks_every_argument_before_touching_the_disk(tiny_dir, tmp_path, capsys, no_loading, flag,
+                                                               value, message):
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    argv = ["shrink", "--teacher", str(tiny_dir), "--out", str(out), "--cache-dir", str(cache), flag, value]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
+    assert not out.exists() and not cache.exists()
+
+
+def test_shrink_refuses_an_output_that_holds_its_teacher(tiny_dir, tmp_path, capsys, no_loading):
+    assert main(["shrink", "--teacher", str(tiny_dir), "--out", str(tiny_dir.parent), "--overwrite"]) == 2
+    assert "would delete the input" in capsys.readouterr().err
+    assert (tiny_dir / "config.json").is_file()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--epochs", "0"], "epochs must be an integer >= 1, got 0"),
+        (["--grad-accum", "0"], "grad_accum must be an integer >= 1, got 0"),
+        (["--warmup-ratio", "1.5"], "warmup_ratio must be a finite number in 0.0..1.0, got 1.5"),
+        (["--max-grad-norm", "inf"], "max_grad_norm must be a finite number > 0.0, got inf"),
+        (["--tau", "0"], "--tau must be a finite number > 0.0, got 0.0"),
+        (["--num-labels", "1"], "--num-labels must be an integer >= 2, got 1"),
+        (["--max-examples", "0"], "--max-examples must be an integer >= 1, got 0"),
+    ],
+)
+def test_teach_checks_its_numbers_before_loading(tiny_dir, tmp_path, capsys, no_loading, extra, message):
+    sents = tmp_path / "s.txt"
+    sents.write_text("\n".join(SENTENCES))
+    out = tmp_path / "o"
+    argv = ["teach", "--objective", "simcse-unsup", "--model", str(tiny_dir), "--train", str(sents),
+            "--out", str(out), "--dev", "none", *extra]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
+    assert not out.exists()
+
+
+def test_a_refused_training_run_leaves_no_output_directory(tiny_dir, tmp_path, capsys):
+    """Refused after the model loaded (too few examples for one batch): the rerun is not blocked."""
+    sents = tmp_path / "s.txt"
+    sents.write_text("\n".join(SENTENCES))
+    out = tmp_path / "o"
+    args = teach_args("simcse-unsup", tiny_dir, sents, out, 1, "--dev", "none")
+    assert main([*args, "--batch-size", "1000"]) == 2
+    assert "do not fill one step" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["textcnn", "--tokenizer", "T", "--out", "O", "--dropout", "1.5"], "--dropout must be a finite number in 0.0..0.99"),
+        (["textcnn", "--tokenizer", "T", "--out", "O", "--kernel-sizes", "1,x"], "--kernel-sizes must be comma-separated"),
+        (["textcnn", "--tokenizer", "T", "--out", "O", "--num-filters", "0"], "--num-filters must be an integer >= 1, got 0"),
+        (["whiten", "--model", "T", "--corpus", "C", "--out", "O", "--k", "0"], "--k must be an integer >= 1, got 0"),
+        (["evaluate", "--model", "T", "--batch-size", "0"], "--batch-size must be an integer >= 1, got 0"),
+        (["main", "--rounds", "0"], "rounds must be an integer >= 1, got 0"),
+        (["main", "--tinybert-steps", "0"], "tinybert_steps must be an integer >= 1, got 0"),
+    ],
+)
+def test_other_commands_check_their_numbers_first(tmp_path, capsys, no_loading, argv, message):
+    argv = [str(tmp_path / a) if a in ("T", "O", "C") else a for a in argv]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.startswith(f"error: {message}")
+    assert not (tmp_path / "O").exists()

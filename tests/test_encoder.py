@@ -70,6 +70,44 @@ def test_bad_texts_and_batch_size(enc: Encoder) -> None:
             enc.encode(["a"], batch_size=bad)  # type: ignore[arg-type]
 
 
+def test_bad_threads_are_refused(tiny_bundle: Path) -> None:
+    for bad in (-1, 0, 2.5, True, "4"):
+        with pytest.raises(ValueError, match=r"threads must be an integer >= 1, got"):
+            Encoder(tiny_bundle, threads=bad)  # type: ignore[arg-type]
+    assert Encoder(tiny_bundle, threads=1).backend.threads == 1
+
+
+def test_mappings_and_sets_are_refused(enc: Encoder) -> None:
+    """A dict would encode its keys, a set in arbitrary order: row i would not be text i."""
+    with pytest.raises(TypeError, match=r"got dict \(a mapping"):
+        enc.encode({"first": "a text", "second": "another"})  # type: ignore[arg-type]
+    for unordered in ({"a text", "another"}, frozenset({"a text"})):
+        with pytest.raises(TypeError, match="whose order is arbitrary"):
+            enc.encode(unordered)  # type: ignore[arg-type]
+    d = {"first": "a text", "second": "another"}
+    np.testing.assert_array_equal(enc.encode(d.values()), enc.encode(["a text", "another"]))  # ordered views pass
+
+
+def test_lone_surrogate_is_named_by_index(enc: Encoder) -> None:
+    with pytest.raises(ValueError, match=r"texts\[2\] has a lone surrogate '\\ud800' at character 3"):
+        enc.encode(["fine", "also fine", "abc\ud800def"])
+    with pytest.raises(ValueError, match=r"^text has a lone surrogate '\\udfff' at character 0"):
+        enc.encode("\udfff")
+    assert enc.encode("a pair is fine: \U0001f600").shape == (32,)
+
+
+def test_encode_is_thread_safe(enc: Encoder) -> None:
+    """One Encoder shared by threads: each call gets its own texts' vectors, in its own order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    texts = [f"sentence number {i} " * (1 + i % 7) for i in range(120)]
+    expected = enc.encode(texts, batch_size=16)
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(lambda k: enc.encode(texts[k:] + texts[:k], batch_size=4 + k), range(12)))
+    for k, got in enumerate(results):
+        np.testing.assert_allclose(got, np.roll(expected, -k, axis=0), atol=1e-5)
+
+
 def test_path_to_file_in_bundle(tiny_bundle: Path) -> None:
     assert Encoder(tiny_bundle / "tokenizer.json").dim == 32
 

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +19,7 @@ from fastemb.export import export
 from fastemb.export.check import ExportCheckError
 from tests.conftest import make_tiny_bert, make_tiny_st, minilm_dir
 
+ROOT = Path(__file__).resolve().parents[1]
 TEXTS = ["A man is playing a guitar.", "Two dogs run on the beach", "hello", "The quick brown fox jumps over the lazy dog " * 3]
 
 
@@ -156,6 +162,100 @@ def test_cli_export_and_info(tiny_bert: Path, tmp_path: Path, capsys: pytest.Cap
     assert info["bundle"] == str(tmp_path / "b") and info["dim"] == 32 and info["kind"] == "encoder"
     assert main(["export", str(tiny_bert), str(tmp_path / "b")]) == 2
     assert "output exists" in capsys.readouterr().err
+
+
+def test_cli_refuses_bad_arguments_before_loading_the_model(tiny_bert: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """One ``error:`` line, exit 2, no model loaded (seconds) and nothing written."""
+    import fastemb.export.source as source
+    from fastemb.cli import main
+
+    monkeypatch.setattr(source, "load_source", lambda *a, **k: pytest.fail("the model was loaded"))
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    cases = [
+        (["--max-length", "-5", "--no-check"], "max_length must be an integer >= 2, got -5"),
+        (["--max-length", "0"], "max_length must be an integer >= 2, got 0"),
+        (["--quantize", "int8", "--fp16"], "choose one of quantize='int8' (CPU) and fp16=True (GPU), not both"),
+    ]
+    for extra, message in cases:
+        assert main(["export", str(tiny_bert), str(tmp_path / "out"), *extra]) == 2
+        assert capsys.readouterr().err == f"error: {message}\n"
+    assert main(["export", str(tiny_bert), str(taken)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: output exists: {taken}")
+    assert main(["export", str(tiny_bert), str(tiny_bert), "--overwrite"]) == 2  # would delete the model
+    assert "would delete the input" in capsys.readouterr().err
+    assert main(["export", str(tiny_bert), str(tiny_bert.parent), "--overwrite"]) == 2  # a folder holding it
+    assert "would delete the input" in capsys.readouterr().err
+    assert (tiny_bert / "config.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+
+def test_max_length_beyond_the_models_positions_is_refused(tiny_bert: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="max_length 1000 is more than the model's 128 positions"):
+        export(tiny_bert, tmp_path / "b", max_length=1000, log=None)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_bundles_and_encode_outputs_respect_the_umask(tiny_bert: Path, tiny_bundle: Path, tmp_path: Path,
+                                                      umask: int) -> None:
+    """Readable by whom the umask allows (other users, a service account), not only the owner."""
+    import stat
+
+    from fastemb.cli import main
+
+    (tmp_path / "in.txt").write_text("a text\n")
+    old = os.umask(umask)
+    try:
+        export(tiny_bert, tmp_path / "b", check=False, log=None)
+        assert main(["encode", str(tiny_bundle), "--input", str(tmp_path / "in.txt"),
+                     "--output", str(tmp_path / "v.npy")]) == 0
+    finally:
+        os.umask(old)
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    assert mode(tmp_path / "b") == 0o777 & ~umask
+    assert {p.name: mode(p) for p in (tmp_path / "b").iterdir()} == {
+        name: 0o666 & ~umask for name in ("fastemb.json", "model.onnx", "tokenizer.json")}
+    assert mode(tmp_path / "v.npy") == 0o666 & ~umask
+
+
+def _export_process(src: Path, out: Path) -> subprocess.Popen:
+    """``python -m fastemb export`` in a process, returned once its staging directory exists."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "fastemb", "export", str(src), str(out), "--no-check"], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not list(out.parent.glob(f".{out.name}.tmp-*")) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, f"the export ended before it could be stopped: {proc.communicate()}"
+    return proc
+
+
+def test_sigterm_stops_an_export_like_ctrl_c(tiny_bert: Path, tmp_path: Path) -> None:
+    out = tmp_path / "b"
+    proc = _export_process(tiny_bert, out)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "terminated" and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # no staging directory, no bundle
+
+
+def test_the_next_export_cleans_what_a_sigkilled_one_left(tiny_bert: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    from fastemb.cli import main
+
+    out = tmp_path / "b"
+    proc = _export_process(tiny_bert, out)
+    proc.kill()
+    proc.communicate(timeout=60)
+    (stage,) = tmp_path.iterdir()
+    assert stage.name.startswith(".b.tmp-")  # what SIGKILL leaves: nothing can run on the way out
+    assert main(["export", str(tiny_bert), str(out), "--no-check"]) == 0
+    assert f"removed {stage}" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["b"]
+    assert Encoder(out).encode("hello").shape == (32,)
 
 
 @pytest.mark.slow

@@ -246,6 +246,7 @@ def test_export_tensorrt_refuses_bad_requests_before_building(tiny_bundle, tmp_p
     b = tmp_path / "b16"
     shutil.copytree(tiny_bundle, b)
     manifest = json.loads((b / "fastemb.json").read_text())
+    manifest.pop("manifest_sha256")  # an edited manifest without its checksum: judged on its fields
     manifest["precision"] = "fp16"
     (b / "fastemb.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="already float16; build a fp32 plan from an fp32 bundle"):

@@ -5,14 +5,17 @@ Needs the ``export`` extra (torch, transformers, onnx, onnxscript): ``pip instal
 
 from __future__ import annotations
 
+import os
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-from fastemb._io import atomic_dir
-from fastemb.bundle import Manifest, write_manifest
+from fastemb._checks import integer, number
+from fastemb._io import atomic_dir, recover, refuse_overwriting_source
+from fastemb.bundle import META_DIM, META_POSITIONS, POOLINGS, Manifest, write_manifest
 
 __all__ = ["export"]
 
@@ -45,10 +48,8 @@ def export(
     from fastemb.export import onnx_graph
     from fastemb.export.source import load_source
 
-    if quantize not in (None, "int8"):
-        raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
-    if quantize and fp16:
-        raise ValueError("choose one of quantize='int8' (CPU) and fp16=True (GPU), not both")
+    check_arguments(src, out, quantize=quantize, fp16=fp16, pooling=pooling, max_length=max_length,
+                    overwrite=overwrite, max_int8_drop=max_int8_drop, smooth_alpha=smooth_alpha)
     say = log or (lambda _msg: None)
     t0 = time.perf_counter()
     source = load_source(src, pooling=pooling, max_length=max_length)
@@ -96,9 +97,51 @@ def export(
                 checker.run(manifest.precision, chk.FP16_MIN_COSINE if fp16 else None, max_int8_drop)
         if checker:
             manifest.extra["checks"] = checker.reports
+        stamp_graph(graph, dim=source.dim, max_positions=source.max_positions)
         write_manifest(stage, manifest)
     say(f"wrote {out} ({manifest.precision}) in {time.perf_counter() - t0:.1f} s")
     return Path(out)
+
+
+def check_arguments(src: str | Path, out: str | Path, *, quantize: str | None = None, fp16: bool = False,
+                    pooling: str | None = None, max_length: int | None = None, overwrite: bool = False,
+                    max_int8_drop: float | None = None, smooth_alpha: float | None = 0.7) -> None:
+    """Refuse bad arguments before any model is loaded (seconds) or anything is written.
+
+    Also cleans what a killed export to ``out`` left (see ``fastemb._io.recover``), so that an
+    existing ``out`` is judged as the user left it.
+    """
+    if quantize not in (None, "int8"):
+        raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
+    if quantize and fp16:
+        raise ValueError("choose one of quantize='int8' (CPU) and fp16=True (GPU), not both")
+    if pooling is not None and pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+    integer("max_length", max_length, min=2, optional=True)  # [CLS] and [SEP] at the least
+    number("max_int8_drop", max_int8_drop, min=0.0, optional=True)
+    number("smooth_alpha", smooth_alpha, min=0.0, max=1.0, optional=True)
+    src, out = Path(src), Path(out)
+    if not src.exists():
+        raise FileNotFoundError(f"model directory does not exist: {src}")
+    refuse_overwriting_source(out, src)
+    for line in recover(out):
+        print(line, file=sys.stderr)
+    if os.path.lexists(out) and not overwrite:
+        raise FileExistsError(f"output exists: {out} (pass overwrite=True / --overwrite to replace it)")
+
+
+def stamp_graph(graph: Path, dim: int | None = None, max_positions: int | None = None) -> None:
+    """Write what the graph supports into its ONNX metadata, for ``fastemb.bundle.check_graph``."""
+    import onnx
+
+    model = onnx.load(str(graph), load_external_data=False)
+    props = {p.key: p.value for p in model.metadata_props}
+    if dim is not None:
+        props[META_DIM] = str(int(dim))
+    if max_positions is not None:
+        props[META_POSITIONS] = str(int(max_positions))
+    onnx.helper.set_model_props(model, props)
+    onnx.save(model, str(graph))
 
 
 def _calibration_feeds(stage: Path, source) -> list[dict]:

@@ -28,7 +28,10 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 from pathlib import Path
+
+from fastemb._cli import run_command
 
 __all__ = ["export_generator", "main"]
 
@@ -109,6 +112,21 @@ def share_weights(graphs: list[Path], weights: str = "weights.bin", min_bytes: i
         onnx.save(model, str(g))
 
 
+def _check_lm_head(model_dir: Path) -> None:
+    """Refuse an encoder without a trained language-model head: it would load (with a fresh, random
+    head) and export, and then generate noise."""
+    weights = model_dir / "model.safetensors"
+    if not weights.is_file():
+        return  # other weight formats: SimBERT.from_pretrained judges them
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="np") as f:
+        if not any(k.startswith("cls.predictions.") for k in f.keys()):  # noqa: SIM118 - not a dict
+            raise ValueError(
+                f"{model_dir} is not a SimBERT: its weights have no language-model head (cls.predictions.*), "
+                "so it cannot generate; train one with python -m distill teach --objective simbert")
+
+
 def state_names(num_layers: int, prefix: str) -> list[str]:
     return [f"{prefix}.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
 
@@ -123,6 +141,16 @@ def export_generator(
     tokens must also fit the model's ``max_position_embeddings``. Default: 128, or half the
     positions for a model with fewer than 256.
     """
+    from fastemb._checks import integer
+    from fastemb.export import check_arguments, stamp_graph
+
+    integer("opset", opset, 7)
+    check_arguments(model_dir, out, max_length=max_length, overwrite=overwrite)
+    model_dir = Path(model_dir)
+    tok_file = model_dir / "tokenizer.json"
+    if not tok_file.is_file():
+        raise ValueError(f"{model_dir} has no tokenizer.json (a fast tokenizer is required)")
+    _check_lm_head(model_dir)
     _require()
     import torch
 
@@ -130,16 +158,12 @@ def export_generator(
     from fastemb._io import atomic_dir
     from fastemb.bundle import Manifest, write_manifest
 
-    model_dir = Path(model_dir)
     model = SimBERT.from_pretrained(model_dir).eval()
     cfg = model.config
     if max_length is None:
         max_length = min(128, cfg.max_position_embeddings // 2)
     if not 2 <= max_length <= cfg.max_position_embeddings - 1:
         raise ValueError(f"max_length must be in 2..{cfg.max_position_embeddings - 1}, got {max_length}")
-    tok_file = model_dir / "tokenizer.json"
-    if not tok_file.is_file():
-        raise ValueError(f"{model_dir} has no tokenizer.json (a fast tokenizer is required)")
     L, H, D = model.num_layers, model.num_heads, model.head_dim
     encode, step = _graphs(model)
     present, past = state_names(L, "present"), state_names(L, "past")
@@ -171,6 +195,8 @@ def export_generator(
             },
         )
         share_weights([tmp / "encode_source.onnx", tmp / "decode_step.onnx"])
+        stamp_graph(tmp / "encode_source.onnx", dim=cfg.hidden_size, max_positions=cfg.max_position_embeddings)
+        stamp_graph(tmp / "decode_step.onnx", dim=cfg.vocab_size, max_positions=cfg.max_position_embeddings)
         shutil.copyfile(tok_file, tmp / "tokenizer.json")
         special = {
             name: getattr(model.tokenizer, f"{name}_token_id")
@@ -198,7 +224,7 @@ def export_generator(
     return Path(out)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m fastemb.export.generator",
         description="Export a SimBERT model directory (distill teach --objective simbert) to a generator bundle.",
@@ -209,9 +235,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     a = p.parse_args(argv)
-    out = export_generator(a.model, a.out, a.max_length, a.opset, a.overwrite)
-    print(json.dumps({"bundle": str(out)}))
+    return run_command(
+        lambda: print(json.dumps({"bundle": str(export_generator(a.model, a.out, a.max_length, a.opset, a.overwrite))})))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

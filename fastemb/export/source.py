@@ -50,6 +50,7 @@ class Source:
     # what goes into the ONNX graph when it differs from ``module`` (the same function computed
     # another way, e.g. a folded TextCNN); ``module`` stays the reference the export is checked against
     graph_module: Any = None
+    max_positions: int | None = None  # longest input the graph can take (None: no limit, e.g. TextCNN)
 
 
 def build_pipeline(encoder: Any, pooling: str, dense: list[Any], hf: bool = True) -> Any:
@@ -148,14 +149,12 @@ def _load_sentence_transformers(src: Path, pooling: str | None, max_length: int 
             raise ValueError(f"{src}/modules.json: module type {m.get('type')!r} is not supported by fastemb export")
     if transformer_dir is None:
         raise ValueError(f"{src}/modules.json has no Transformer module")
-    if max_length is None:
-        for name in ("sentence_bert_config.json",):
-            p = transformer_dir / name
-            if p.is_file():
-                max_length = _read_json(p).get("max_seq_length")
+    st_config = transformer_dir / "sentence_bert_config.json"
+    default_length = _read_json(st_config).get("max_seq_length") if st_config.is_file() else None
     dense = [_load_dense(d) for d in dense_dirs]
     info = {"format": "sentence-transformers", "modules": [m.get("type") for m in modules]}
-    return _load_hf(src, transformer_dir, pooling or st_pooling or "mean", dense, normalize, max_length, info)
+    return _load_hf(src, transformer_dir, pooling or st_pooling or "mean", dense, normalize, max_length, info,
+                    default_length)
 
 
 def _st_pooling_mode(path: Path) -> str:
@@ -189,7 +188,9 @@ def _load_dense(path: Path) -> Any:
 
 
 def _load_hf(root: Path, model_dir: Path, pooling: str, dense: list[Any], normalize: bool,
-             max_length: int | None, info: dict[str, Any]) -> Source:
+             max_length: int | None, info: dict[str, Any], default_length: int | None = None) -> Source:
+    """``max_length`` (the caller's) must fit the model's positions; ``default_length`` (the
+    model's own setting, used when ``max_length`` is None) is cut to them."""
     _require_torch()
     import inspect
 
@@ -212,14 +213,17 @@ def _load_hf(root: Path, model_dir: Path, pooling: str, dense: list[Any], normal
     positions = getattr(config, "max_position_embeddings", 512)
     if model_type in ("roberta", "xlm-roberta", "camembert"):
         positions -= 2  # position ids start after the padding index
-    max_length = int(min(max_length or positions, positions))
+    if max_length is not None and max_length > positions:
+        raise ValueError(f"max_length {max_length} is more than the model's {positions} positions")
+    max_length = int(max_length or min(default_length or positions, positions))
     tokenizer_file = _tokenizer_file(model_dir, root)
     dim = dense[-1].out_features if dense and hasattr(dense[-1], "out_features") else (
         dense[-1][0].out_features if dense else config.hidden_size)
     module = build_pipeline(model, pooling, dense, hf=True)
     info = {**info, "path": str(root), "model_type": model_type, "num_layers": getattr(config, "num_hidden_layers", None)}
     return Source(module, inputs, pooling, normalize, int(dim), max_length, tokenizer_file, info,
-                  num_heads=getattr(config, "num_attention_heads", 0), hidden_size=getattr(config, "hidden_size", 0))
+                  num_heads=getattr(config, "num_attention_heads", 0), hidden_size=getattr(config, "hidden_size", 0),
+                  max_positions=int(positions))
 
 
 def _load_textcnn(src: Path, config: dict[str, Any], max_length: int | None) -> Source:
