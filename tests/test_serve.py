@@ -334,8 +334,8 @@ def test_queue_full_deadline_and_drain(tiny_bundle: Path, enc: Encoder) -> None:
         assert results["first"].status_code == 200
         np.testing.assert_allclose(np.array(results["first"].json(), np.float32),
                                    enc.encode(["queued one", "queued two"]), atol=1e-6)
-        # uvicorn ends by re-raising the signal once it has drained (exit status -15 / 143)
-        assert s.proc.wait(30) in (0, -signal.SIGTERM)
+        # uvicorn re-raises the signal once it has drained; the CLI turns it into exit status 143
+        assert s.proc.wait(30) == 143
         with pytest.raises(httpx.ConnectError):
             httpx.get(s.url + "/health", timeout=2)
     finally:
