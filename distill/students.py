@@ -49,6 +49,8 @@ def tinybert_from_teacher(teacher, layers: int, hidden_size: int | None = None):
         student.encoder.layer = nn.ModuleList(student.encoder.layer[i] for i in keep)
         student.config.num_hidden_layers = layers
         projection = None
+        # the teacher's Dense layers (and whitening) map the same width: the student keeps them
+        dense = [copy.deepcopy(d) for d in [*teacher.dense, *([teacher.whitening] if teacher.whitening is not None else [])]]
     else:
         if hidden_size > backbone.config.hidden_size:
             raise ValueError(f"student hidden size {hidden_size} is larger than the teacher's {backbone.config.hidden_size}")
@@ -60,9 +62,10 @@ def tinybert_from_teacher(teacher, layers: int, hidden_size: int | None = None):
                        "intermediate_size": 4 * hidden_size})
         student = type(backbone)(config)
         projection = nn.Linear(hidden_size, teacher.dim)
+        dense = []
     student.config.fastemb_layers_from_teacher = keep
     enc = SentenceEncoder(student, teacher.tokenizer, pooling=teacher.pooling, normalize=teacher.normalize,
-                          max_length=teacher.max_length, whitening=projection)
+                          max_length=teacher.max_length, whitening=projection, dense=dense)
     return enc
 
 

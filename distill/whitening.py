@@ -44,9 +44,12 @@ def whitening_layer(mu: np.ndarray, w: np.ndarray) -> nn.Linear:
 def whiten(
     encoder: nn.Module, sentences: Sequence[str], k: int | None = None, batch_size: int = 64
 ) -> nn.Module:
-    """Fit whitening on the encoder's pooled vectors of ``sentences`` and attach it (in place).
+    """Fit whitening on the encoder's vectors of ``sentences`` before normalization (after its
+    own Dense layers, if any) and attach it (in place).
 
-    Any previous whitening is replaced; normalization (if the encoder has it) stays after it.
+    Whitening set earlier on this encoder is replaced (a whitened model loaded from disk holds its
+    whitening as a Dense layer: whitening it again adds one more); normalization (if the encoder
+    has it) stays after it.
     """
     if not hasattr(encoder, "whitening"):
         raise ValueError(

@@ -1,6 +1,9 @@
-"""Export a trained SimBERT directory to a generator bundle.
+"""Export a sequence-to-sequence model directory (a SimBERT) to a generator bundle.
 
-Two ONNX graphs, float32, everything beam search needs (``fastemb.Generator`` runs them):
+The model itself comes from the package that defines it, through ``fastemb.export.registry``
+(kind ``generators``; distill registers ``simbert``): its loader returns a
+:class:`GeneratorSource` holding the two torch modules below and the model's sizes. This module
+exports them, shares their weights and writes the manifest. Two ONNX graphs, float32, everything beam search needs (``fastemb.Generator`` runs them):
 
 ``encode_source.onnx``
     inputs  ``input_ids``, ``attention_mask`` ``[batch, len]`` int64 (segment 0: ``[CLS] a [SEP]``)
@@ -29,57 +32,36 @@ import argparse
 import json
 import shutil
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from fastemb._cli import run_command
 
-__all__ = ["export_generator", "main"]
+__all__ = ["GeneratorSource", "export_generator", "main"]
 
 
-def _require():
-    try:
-        import torch  # noqa: F401
-        import transformers  # noqa: F401
-    except ImportError as e:  # pragma: no cover
-        raise ImportError(f"exporting needs the export extra: pip install 'fastemb[export]' ({e})") from None
+@dataclass
+class GeneratorSource:
+    """A generator ready for export (what a registered generator loader returns).
 
+    ``encode_source``: ``(input_ids, attention_mask) -> (cls, logits, *present)`` and
+    ``decode_step``: ``(input_ids, position_ids, attention_mask, *past) -> (logits, *present)``,
+    torch modules with the signatures of the module docstring, the cache flattened as
+    ``key, value`` per layer. ``special_ids`` holds the ids of ``cls``, ``sep``, ``pad``, ``unk``
+    and ``mask`` (None where the tokenizer has none).
+    """
 
-def _graphs(model):
-    import torch
-    from torch import nn
-
-    from distill.simbert import KVCache
-
-    L = model.num_layers
-
-    def flat(cache):
-        return [t for i in range(L) for t in (cache.keys[i], cache.values[i])]
-
-    class EncodeSource(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, input_ids, attention_mask):
-            cache = KVCache(L)
-            hidden = self.model.hidden_states(input_ids, attention_mask=attention_mask, cache=cache)
-            last = (attention_mask.sum(1) - 1).clamp(min=0)
-            at_last = torch.gather(hidden, 1, last[:, None, None].expand(-1, 1, hidden.shape[2]))[:, 0]
-            return (hidden[:, 0], self.model.lm_logits(at_last), *flat(cache))
-
-    class DecodeStep(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, input_ids, position_ids, attention_mask, *past):
-            cache = KVCache.from_tensors(past[0::2], past[1::2], attention_mask[:, :-1])
-            hidden = self.model.hidden_states(
-                input_ids, torch.ones_like(input_ids), attention_mask[:, -1:], position_ids, cache
-            )
-            return (self.model.lm_logits(hidden[:, -1]), *flat(cache))
-
-    return EncodeSource().eval(), DecodeStep().eval()
+    encode_source: Any
+    decode_step: Any
+    num_layers: int
+    num_heads: int
+    head_dim: int
+    hidden_size: int
+    vocab_size: int
+    max_positions: int
+    special_ids: dict[str, int | None]
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 def share_weights(graphs: list[Path], weights: str = "weights.bin", min_bytes: int = 1024) -> None:
@@ -112,37 +94,23 @@ def share_weights(graphs: list[Path], weights: str = "weights.bin", min_bytes: i
         onnx.save(model, str(g))
 
 
-def _check_lm_head(model_dir: Path) -> None:
-    """Refuse an encoder without a trained language-model head: it would load (with a fresh, random
-    head) and export, and then generate noise."""
-    weights = model_dir / "model.safetensors"
-    if not weights.is_file():
-        return  # other weight formats: SimBERT.from_pretrained judges them
-    from safetensors import safe_open
-
-    with safe_open(str(weights), framework="np") as f:
-        if not any(k.startswith("cls.predictions.") for k in f.keys()):  # noqa: SIM118 - not a dict
-            raise ValueError(
-                f"{model_dir} is not a SimBERT: its weights have no language-model head (cls.predictions.*), "
-                "so it cannot generate; train one with python -m distill teach --objective simbert")
-
-
 def state_names(num_layers: int, prefix: str) -> list[str]:
     return [f"{prefix}.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
 
 
 def export_generator(
     model_dir: str | Path, out: str | Path, max_length: int | None = None, opset: int = 17,
-    overwrite: bool = False,
+    overwrite: bool = False, architecture: str = "simbert",
 ) -> Path:
-    """Write the generator bundle of the SimBERT in ``model_dir`` to ``out``; returns ``out``.
+    """Write the generator bundle of the model in ``model_dir`` to ``out``; returns ``out``.
 
-    ``max_length``: longest source in tokens (the runtime truncates); source plus generated
-    tokens must also fit the model's ``max_position_embeddings``. Default: 128, or half the
+    ``architecture`` names the registered loader (``fastemb.export.registry``, kind
+    ``generators``). ``max_length``: longest source in tokens (the runtime truncates); source
+    plus generated tokens must also fit the model's positions. Default: 128, or half the
     positions for a model with fewer than 256.
     """
     from fastemb._checks import integer
-    from fastemb.export import check_arguments, stamp_graph
+    from fastemb.export import check_arguments, registry, stamp_graph
 
     integer("opset", opset, 7)
     check_arguments(model_dir, out, max_length=max_length, overwrite=overwrite)
@@ -150,29 +118,28 @@ def export_generator(
     tok_file = model_dir / "tokenizer.json"
     if not tok_file.is_file():
         raise ValueError(f"{model_dir} has no tokenizer.json (a fast tokenizer is required)")
-    _check_lm_head(model_dir)
-    _require()
+    loader = registry.lookup("generators", architecture)
+    if loader is None:
+        raise ValueError(f"no generator architecture {architecture!r} is registered (registered: "
+                         f"{', '.join(registry.names('generators')) or 'none'}; see fastemb.export.registry)")
+    src: GeneratorSource = loader(model_dir)
     import torch
 
-    from distill.simbert import SimBERT
     from fastemb._io import atomic_dir
     from fastemb.bundle import Manifest, write_manifest
 
-    model = SimBERT.from_pretrained(model_dir).eval()
-    cfg = model.config
     if max_length is None:
-        max_length = min(128, cfg.max_position_embeddings // 2)
-    if not 2 <= max_length <= cfg.max_position_embeddings - 1:
-        raise ValueError(f"max_length must be in 2..{cfg.max_position_embeddings - 1}, got {max_length}")
-    L, H, D = model.num_layers, model.num_heads, model.head_dim
-    encode, step = _graphs(model)
+        max_length = min(128, src.max_positions // 2)
+    if not 2 <= max_length <= src.max_positions - 1:
+        raise ValueError(f"max_length must be in 2..{src.max_positions - 1}, got {max_length}")
+    L, H, D = src.num_layers, src.num_heads, src.head_dim
     present, past = state_names(L, "present"), state_names(L, "past")
 
     with atomic_dir(out, overwrite=overwrite) as tmp, torch.no_grad():
         ids = torch.tensor([[2, 7, 8, 9, 3], [2, 7, 3, 0, 0]])
         am = (ids != 0).long()
         torch.onnx.export(
-            encode, (ids, am), str(tmp / "encode_source.onnx"), dynamo=False, opset_version=opset,
+            src.encode_source.eval(), (ids, am), str(tmp / "encode_source.onnx"), dynamo=False, opset_version=opset,
             input_names=["input_ids", "attention_mask"], output_names=["cls", "logits", *present],
             dynamic_axes={
                 "input_ids": {0: "batch", 1: "length"}, "attention_mask": {0: "batch", 1: "length"},
@@ -184,7 +151,7 @@ def export_generator(
         kv = [torch.randn(b, H, t, D) for _ in range(2 * L)]
         step_args = (torch.tensor([[7], [8], [9]]), torch.full((b, 1), t), torch.ones(b, t + 1, dtype=torch.long), *kv)
         torch.onnx.export(
-            step, step_args, str(tmp / "decode_step.onnx"), dynamo=False, opset_version=opset,
+            src.decode_step.eval(), step_args, str(tmp / "decode_step.onnx"), dynamo=False, opset_version=opset,
             input_names=["input_ids", "position_ids", "attention_mask", *past],
             output_names=["logits", *present],
             dynamic_axes={
@@ -195,25 +162,22 @@ def export_generator(
             },
         )
         share_weights([tmp / "encode_source.onnx", tmp / "decode_step.onnx"])
-        stamp_graph(tmp / "encode_source.onnx", dim=cfg.hidden_size, max_positions=cfg.max_position_embeddings)
-        stamp_graph(tmp / "decode_step.onnx", dim=cfg.vocab_size, max_positions=cfg.max_position_embeddings)
+        stamp_graph(tmp / "encode_source.onnx", dim=src.hidden_size, max_positions=src.max_positions)
+        stamp_graph(tmp / "decode_step.onnx", dim=src.vocab_size, max_positions=src.max_positions)
         shutil.copyfile(tok_file, tmp / "tokenizer.json")
-        special = {
-            name: getattr(model.tokenizer, f"{name}_token_id")
-            for name in ("cls", "sep", "pad", "unk", "mask")
-        }
+        special = src.special_ids
         manifest = Manifest(
-            kind="generator", dim=int(cfg.hidden_size), max_length=int(max_length),
+            kind="generator", dim=int(src.hidden_size), max_length=int(max_length),
             inputs=["input_ids", "attention_mask"], pooling="cls", normalize=False, precision="fp32",
             output="cls",
             graphs={"encode_source": "encode_source.onnx", "decode_step": "decode_step.onnx"},
-            source={"model_dir": str(model_dir.resolve()), "architecture": "SimBERT (BertForMaskedLM, UniLM mask)",
+            source={"model_dir": str(model_dir.resolve()), **src.info,
                     "exporter": f"torch {torch.__version__} torch.onnx (TorchScript), opset {opset}"},
             extra={
-                "vocab_size": int(cfg.vocab_size), "max_positions": int(cfg.max_position_embeddings),
+                "vocab_size": int(src.vocab_size), "max_positions": int(src.max_positions),
                 "num_layers": L, "num_heads": H, "head_dim": D,
                 "special_ids": special,
-                "banned_ids": [special[k] for k in ("pad", "cls", "unk", "mask") if special[k] is not None],
+                "banned_ids": [special[k] for k in ("pad", "cls", "unk", "mask") if special.get(k) is not None],
                 "end_id": special["sep"],
                 "encode_source": {"inputs": ["input_ids", "attention_mask"], "outputs": ["cls", "logits", *present]},
                 "decode_step": {"inputs": ["input_ids", "position_ids", "attention_mask", *past],
@@ -229,14 +193,15 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m fastemb.export.generator",
         description="Export a SimBERT model directory (distill teach --objective simbert) to a generator bundle.",
     )
-    p.add_argument("model", help="SimBERT model directory (BertForMaskedLM weights + tokenizer.json)")
+    p.add_argument("model", help="model directory (a SimBERT: BertForMaskedLM weights + tokenizer.json)")
     p.add_argument("out", help="bundle directory to write")
     p.add_argument("--max-length", type=int, default=None, help="longest source in tokens (default 128)")
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p.add_argument("--architecture", default="simbert", help="the registered generator type (default simbert)")
     a = p.parse_args(argv)
-    return run_command(
-        lambda: print(json.dumps({"bundle": str(export_generator(a.model, a.out, a.max_length, a.opset, a.overwrite))})))
+    return run_command(lambda: print(json.dumps(
+        {"bundle": str(export_generator(a.model, a.out, a.max_length, a.opset, a.overwrite, a.architecture))})))
 
 
 if __name__ == "__main__":
