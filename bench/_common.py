@@ -89,3 +89,26 @@ def write_result(name: str, title: str, body: str, summary: dict, versions: dict
     print(body)
     print(json.dumps(summary, sort_keys=True))
     return path
+
+
+def _cpu_line() -> list[int]:
+    with open("/proc/stat") as f:
+        return [int(x) for x in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+
+
+class StealMeter:
+    """CPU steal time (another tenant's use of our cores) since creation, as a fraction of all CPU time."""
+
+    def __init__(self) -> None:
+        try:
+            self.start = _cpu_line()
+        except OSError:
+            self.start = None
+
+    def read(self) -> float:
+        if self.start is None:
+            return float("nan")
+        now = _cpu_line()
+        delta = [b - a for a, b in zip(self.start, now, strict=True)]
+        total = sum(delta)
+        return delta[7] / total if total else 0.0
