@@ -24,7 +24,9 @@ class Encoder:
     """Sentence encoder served from a bundle directory (or any file in it).
 
     ``device`` picks ONNX Runtime's execution providers (``cpu``, ``cuda``, ``tensorrt``);
-    ``providers`` overrides them; ``threads`` sets ONNX Runtime's intra-op threads (default:
+    ``providers`` overrides them; ``backend`` is ``onnxruntime``, or OpenVINO on the CPU
+    (``openvino``, or ``openvino-bf16`` with bfloat16 float parts: ``pip install fastemb[openvino]``);
+    ``threads`` sets the runtime's threads (default:
     the cores this process may use; half of them for a folded TextCNN, whose graph costs about
     as much as tokenizing its input, so the tokenizer thread gets the other half). The path of a
     bundle's ``model.plan`` runs that TensorRT engine instead (on the current GPU; ``device``,
@@ -36,9 +38,7 @@ class Encoder:
     _pool_lock = threading.Lock()  # class-wide: held only while an Encoder starts its thread
 
     def __init__(self, path: str | Path, device: str = "cpu", providers: Sequence[str] | None = None,
-                 threads: int | None = None, verify: bool = True) -> None:
-        from fastemb.backends.ort import OrtBackend
-
+                 threads: int | None = None, verify: bool = True, backend: str = "onnxruntime") -> None:
         self.bundle = Bundle(path, verify=verify)
         m = self.bundle.manifest
         if m.kind != "encoder":
@@ -56,7 +56,7 @@ class Encoder:
                 from fastemb.backends.ort import physical_cores
 
                 threads = max(1, physical_cores() // 2)  # README, Shrink: faster on 2 cores
-            self.backend = OrtBackend(self.bundle.graph("encoder"), device=device, providers=providers, threads=threads)
+            self.backend = _graph_backend(backend, self.bundle.graph("encoder"), device, providers, threads)
         missing = [n for n in self.backend.inputs if n not in ("input_ids", "attention_mask", "token_type_ids")]
         if missing:
             raise BundleError(f"{self.bundle.dir}: graph input(s) {missing} are not ones fastemb can feed")
@@ -128,3 +128,21 @@ class Encoder:
 
     def __repr__(self) -> str:
         return f"Encoder({str(self.bundle.dir)!r}, dim={self.dim}, provider={self.provider})"
+
+
+BACKENDS = ("onnxruntime", "openvino", "openvino-bf16")
+
+
+def _graph_backend(name: str, graph: Path, device: str, providers: Sequence[str] | None, threads: int | None):
+    """``onnxruntime`` (any device), or OpenVINO on the CPU with float32 or bfloat16 float parts."""
+    from fastemb.backends.ort import OrtBackend
+
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {name!r}")
+    if name == "onnxruntime":
+        return OrtBackend(graph, device=device, providers=providers, threads=threads)
+    if device != "cpu" or providers is not None:
+        raise ValueError(f"backend={name!r} runs on the CPU; device and providers do not apply")
+    from fastemb.backends.openvino import OpenVinoBackend
+
+    return OpenVinoBackend(graph, threads=threads, precision="bf16" if name.endswith("bf16") else "f32")

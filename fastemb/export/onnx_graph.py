@@ -94,8 +94,13 @@ def quantize_int8(path: Path, out: Path, method: str = "static", calibration: It
 
 
 def _quantize_static(path: Path, out: Path, calibration: Iterable[dict], keep_fp32: list[str]) -> None:
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
