@@ -12,6 +12,7 @@ its timed passes, and the CPU it got (its process's CPU seconds per second: 2.0 
 Peers that need other package versions than the shared venv run with their own venv's Python:
 
     # sentence-transformers' OpenVINO backend and NNCF (optimum-intel pins transformers 5.5)
+    # (then pip uninstall -y torchvision: the CUDA torchvision it pulls in breaks importing transformers)
     python3 -m venv /work/venvs/peers-ov && /work/venvs/peers-ov/bin/pip install torch==2.13.0 \\
       && /work/venvs/peers-ov/bin/pip install "optimum-intel[openvino]==2.2.0" sentence-transformers nncf torch==2.13.0
     # sentence-transformers' ONNX backend (optimum-onnx 0.1.0 needs transformers < 4.58)

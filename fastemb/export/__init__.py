@@ -30,7 +30,7 @@ def export(
     check: bool = True,
     max_int8_drop: float | None = None,
     smooth_alpha: float | None = 0.7,
-    int8_method: str = "static",
+    int8_method: str = "per-token",
     log: Callable[[str], None] | None = print,
 ) -> Path:
     """Export ``src`` (sentence-transformers, Hugging Face BERT-family or distill TextCNN
