@@ -10,8 +10,8 @@ bench/encode.py), so it imports only numpy and the engine's own library. KIND:
   onnxruntime) or OpenVINO (optimum-intel) backend, on a sentence-transformers directory; PATH may
   name a file inside it (``onnx/model_qint8_avx512_vnni.onnx``, ``openvino/openvino_model_nncf_int8.xml``),
   which that backend then loads.
-- ``fastemb``: a fastemb bundle through ``fastemb.Encoder``; ``fastemb-openvino`` the same bundle on
-  the OpenVINO backend.
+- ``fastemb``: a fastemb bundle through ``fastemb.Encoder``; ``fastemb-openvino`` and
+  ``fastemb-openvino-bf16`` the same bundle on the OpenVINO backend.
 
 Requests (pickled over the pipe): ``("time", texts, batch_size)`` -> seconds for one pass;
 ``("vectors", calls, batch_size)`` -> one float32 array per call in ``calls`` (lists of texts);
@@ -46,10 +46,10 @@ def load(kind: str, path: str) -> Encode:
             p = root
         st = SentenceTransformer(str(p), device="cpu", backend=backend, **kwargs)
         return lambda t, bs: np.asarray(st.encode(t, batch_size=bs, normalize_embeddings=True))
-    if kind in ("fastemb", "fastemb-openvino"):
+    if kind in ("fastemb", "fastemb-openvino", "fastemb-openvino-bf16"):
         from fastemb import Encoder
 
-        enc = Encoder(path, **({"backend": "openvino"} if kind == "fastemb-openvino" else {}))
+        enc = Encoder(path, backend=kind.removeprefix("fastemb-") if kind != "fastemb" else "onnxruntime")
         return lambda t, bs: enc.encode(t, batch_size=bs)
     raise ValueError(f"unknown engine kind {kind!r}")
 

@@ -156,7 +156,10 @@ def main() -> None:
         "OpenVINO NNCF int8": ("st-openvino", str(root / "st-ov" / "openvino" / "openvino_model_nncf_int8.xml"),
                                args.ov_python),
         "fastemb fp32": ("fastemb", str(fp32), me),
+        "fastemb fp32, OpenVINO bf16": ("fastemb-openvino-bf16", str(fp32), me),
         "fastemb int8": ("fastemb", str(int8), me),
+        "fastemb int8, OpenVINO": ("fastemb-openvino", str(int8), me),
+        "fastemb int8, OpenVINO bf16": ("fastemb-openvino-bf16", str(int8), me),
     }
     prepare = {"st-onnx": ("st-onnx-int8", args.onnx_python), "st-ov": ("openvino-nncf-int8", args.ov_python)}
     missing = {}
@@ -215,14 +218,15 @@ def main() -> None:
     body = table(["engine", "sentences/s", "vs ST", "b1 p50 ms", "b1 p99 ms", "STS-B test", "min cos to fp32",
                   "batch indep.", "steal", "CPU"], rows)
     peers = [n for n in running if not n.startswith("fastemb") and n != ST]
-    if peers and "fastemb int8" in best:
-        top = max(peers, key=lambda n: best[n])
-        fast1 = min(peers, key=lambda n: np.median(latency[n]))
-        body += (f"\n\nfastemb int8 vs the fastest peer ({top}): **{best['fastemb int8'] / best[top]:.2f}x** at batch "
-                 f"{args.batch_size}; batch-1 p50 {np.median(latency['fastemb int8']) * 1e3:.2f} ms vs the quickest "
-                 f"peer's ({fast1}) {np.median(latency[fast1]) * 1e3:.2f} ms.")
-        summary["fastest_peer"] = {"name": top, "int8_ratio": round(best["fastemb int8"] / best[top], 3),
-                                   "b1_name": fast1}
+    ours = [n for n in running if n.startswith("fastemb int8")]
+    if peers and ours:
+        top, fast1 = max(peers, key=lambda n: best[n]), min(peers, key=lambda n: np.median(latency[n]))
+        body += f"\n\nAgainst the fastest peer at batch {args.batch_size} ({top}) and the quickest at batch 1 ({fast1}):"
+        for n in ours:
+            body += (f"\n- {n}: **{best[n] / best[top]:.2f}x** the throughput; batch-1 p50 "
+                     f"{np.median(latency[n]) * 1e3:.2f} ms vs {np.median(latency[fast1]) * 1e3:.2f} ms")
+            summary[n]["ratio_to_fastest_peer"] = round(best[n] / best[top], 3)
+        summary["fastest_peer"], summary["quickest_peer_b1"] = top, fast1
     body += (f"\n\n{len(texts)} sentences (STS-B test), batch {args.batch_size}, best of {args.rounds} interleaved rounds "
              f"per engine, each engine in its own process; b1 = `encode(\"one short sentence\")`, "
              f"{args.rounds} x {args.latency_calls} calls; STS-B = Spearman x 100 of cosine similarity; batch indep. = "

@@ -59,6 +59,28 @@ def test_no_thread_is_started_per_call(enc: Encoder) -> None:
     np.testing.assert_allclose(first, np.tile(enc.encode(TEXTS), (40, 1)), atol=1e-5)
 
 
+def test_openvino_backend_matches_onnxruntime(tiny_bundle: Path, enc: Encoder) -> None:
+    pytest.importorskip("openvino", reason="the openvino extra is not installed")
+    from fastemb.backends.openvino import cpu_has_bf16
+
+    ref = enc.encode(TEXTS)
+    ov = Encoder(tiny_bundle, backend="openvino")
+    assert ov.provider == "OpenVINO CPU (f32)"
+    assert cosines(ov.encode(TEXTS), ref).min() >= 0.9999
+    np.testing.assert_allclose(ov.encode(TEXTS[1]), ov.encode(TEXTS)[1], atol=1e-5)  # one text == in a batch
+    np.testing.assert_allclose(ov.encode(TEXTS, normalize=False), enc.encode(TEXTS, normalize=False), rtol=1e-3, atol=1e-4)
+    if cpu_has_bf16():  # bfloat16 keeps 8 bits of mantissa: a random tiny model loses more than MiniLM (README)
+        assert cosines(Encoder(tiny_bundle, backend="openvino-bf16").encode(TEXTS), ref).min() >= 0.99
+    with pytest.raises(ValueError, match="backend must be one of onnxruntime, openvino, openvino-bf16"):
+        Encoder(tiny_bundle, backend="tvm")
+    with pytest.raises(ValueError, match="runs on the CPU"):
+        Encoder(tiny_bundle, backend="openvino", device="cuda")
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
 def test_shapes(enc: Encoder) -> None:
     assert enc.encode("hello").shape == (32,)
     assert enc.encode("hello").dtype == np.float32
