@@ -88,7 +88,7 @@ def export(
                 onnx_graph.quantize_int8(fp32, graph, int8_method, calibration)
                 manifest.precision = "int8"
                 manifest.source.update(smooth_alpha=smooth_alpha, int8_method=int8_method)
-                say(f"quantized to int8 ({int8_method} activation scales, int8 weights per channel)")
+                say(f"quantized to int8 ({int8_method} activation scales)")
                 if source.info.get("folded"):  # a TextCNN's lookup table (see source.py)
                     n = onnx_graph.quantize_tables(graph, graph)
                     say(f"stored {n} lookup table(s) as int8 rows with float32 row scales")

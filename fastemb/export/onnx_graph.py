@@ -77,12 +77,20 @@ def quantize_int8(path: Path, out: Path, method: str = "static", calibration: It
             raise ValueError("static int8 needs calibration feeds")
         _quantize_static(path, out, calibration, keep_fp32)
     elif method == "per-token":
+        import logging
+
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-        q = MatMulNBitsQuantizer(model, bits=8, block_size=block_size, is_symmetric=True, accuracy_level=4,
-                                 nodes_to_exclude=keep_fp32)
-        q.process()
-        q.model.save_model_to_file(str(out))
+        quiet = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
+        level = quiet.level
+        quiet.setLevel(logging.WARNING)  # it logs every node it skips at INFO
+        try:
+            q = MatMulNBitsQuantizer(model, bits=8, block_size=block_size, is_symmetric=True, accuracy_level=4,
+                                     nodes_to_exclude=keep_fp32)
+            q.process()
+            q.model.save_model_to_file(str(out))
+        finally:
+            quiet.setLevel(level)
     else:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
