@@ -6,7 +6,8 @@
 // order and rounding), giving L, the k-th best of them. Every vector left out of the heap has
 // u <= the heap's smallest u; if that is below L, none of them can reach the top k (their
 // float32 score is <= u < L), so the top k of the candidates is the float32 index's top k, ties
-// by id included. Otherwise the query is scanned again with an 8x larger heap.
+// by id included. Otherwise the query is scanned once more, collecting every vector whose u
+// reaches L, and all of those are re-scored: the result is then proven by construction.
 #include <algorithm>
 #include <atomic>
 #include <cstring>
@@ -104,43 +105,50 @@ struct Index::Search {
         return kern.f32;
     }
 
-    // Scans batch b into heaps of `cap` entries and merges them: returns one heap per query,
-    // whose arrays live in `score` / `pos`.
-    std::vector<TopK> scan(const QueryBatch& b, int32_t cap, std::vector<float>& score, std::vector<int64_t>& pos) const {
-        const int64_t nq = b.nq, n = ix.n_;
-        const int64_t npanels = (n + kLanes - 1) / kLanes;
-        const int64_t tasks = std::max<int64_t>(1, std::min(npanels / kMinPanels, 16 * threads));
-        const int64_t T = std::min(threads, tasks);
-        score.assign(static_cast<size_t>(T * nq * cap), 0.0f);
-        pos.assign(static_cast<size_t>(T * nq * cap), 0);
-        std::vector<TopK> heaps(static_cast<size_t>(T * nq));
-        for (int64_t c = 0; c < T * nq; ++c)
-            heaps[c] = TopK{kNegInf, 0, cap, score.data() + c * cap, pos.data() + c * cap, ix.idp(), nullptr};
+    int64_t npanels() const { return (ix.n_ + kLanes - 1) / kLanes; }
+    int64_t tasks() const { return std::max<int64_t>(1, std::min(npanels() / kMinPanels, 16 * threads)); }
+    int64_t scan_threads() const { return std::min(threads, tasks()); }
+
+    // Scans batch b into heaps [scan_threads()][nq] (each thread fills its own row).
+    void scan_raw(const QueryBatch& b, TopK* heaps) const {
+        const int64_t T = scan_threads(), ntasks = tasks(), np = npanels();
         std::vector<std::vector<uint32_t>> work(static_cast<size_t>(T));
-        for (auto& w : work) w.resize(static_cast<size_t>((nq + 16) * ix.codec_.dp()));
+        for (auto& w : work) w.resize(static_cast<size_t>((b.nq + 16) * ix.codec_.dp()));
         const ScanFn fn = scan_fn();
         std::atomic<int64_t> next{0};
         parallel(T, [&](int64_t t) {
             ScanArgs a{};
             a.queries = b.scan.data();
-            a.nq = nq;
+            a.nq = b.nq;
             a.qt = b.terms();
             a.panels = ix.panels_.data();
             a.meta = ix.meta_.as<float>();
             a.allow = allow;
-            a.n = n;
+            a.n = ix.n_;
             a.dp = ix.codec_.dp();
             a.dim = ix.dim();
-            a.heaps = heaps.data() + t * nq;
+            a.heaps = heaps + t * b.nq;
             a.work = work[t].data();
             a.pack = true;  // once per thread
-            for (int64_t j; (j = next.fetch_add(1)) < tasks;) {
-                a.p0 = npanels * j / tasks;
-                a.p1 = npanels * (j + 1) / tasks;
+            for (int64_t j; (j = next.fetch_add(1)) < ntasks;) {
+                a.p0 = np * j / ntasks;
+                a.p1 = np * (j + 1) / ntasks;
                 fn(a);
                 a.pack = false;
             }
         });
+    }
+
+    // Scans batch b into heaps of `cap` entries and merges them: returns one heap per query,
+    // whose arrays live in `score` / `pos`.
+    std::vector<TopK> scan(const QueryBatch& b, int32_t cap, std::vector<float>& score, std::vector<int64_t>& pos) const {
+        const int64_t nq = b.nq, T = scan_threads();
+        score.assign(static_cast<size_t>(T * nq * cap), 0.0f);
+        pos.assign(static_cast<size_t>(T * nq * cap), 0);
+        std::vector<TopK> heaps(static_cast<size_t>(T * nq));
+        for (int64_t c = 0; c < T * nq; ++c)
+            heaps[c] = TopK{kNegInf, 0, cap, score.data() + c * cap, pos.data() + c * cap, ix.idp(), nullptr};
+        scan_raw(b, heaps.data());
         for (int64_t i = 0; i < nq; ++i)  // merge into the first thread's heaps
             for (int64_t t = 1; t < T; ++t) {
                 const TopK& h = heaps[t * nq + i];
@@ -148,6 +156,21 @@ struct Index::Search {
             }
         heaps.resize(static_cast<size_t>(nq));
         return heaps;
+    }
+
+    // Every position whose scan value (the upper bound) reaches threshold[i], per query.
+    std::vector<std::vector<int64_t>> collect(const QueryBatch& b, const std::vector<float>& threshold) const {
+        const int64_t nq = b.nq, T = scan_threads();
+        std::vector<Collector> sinks(static_cast<size_t>(T * nq));
+        std::vector<TopK> heaps(static_cast<size_t>(T * nq));
+        for (int64_t t = 0; t < T; ++t)
+            for (int64_t i = 0; i < nq; ++i)
+                heaps[t * nq + i] = TopK{threshold[i], 0, 0, nullptr, nullptr, ix.idp(), &sinks[t * nq + i]};
+        scan_raw(b, heaps.data());
+        std::vector<std::vector<int64_t>> out(static_cast<size_t>(nq));
+        for (int64_t i = 0; i < nq; ++i)  // threads scan disjoint panels: no position twice
+            for (int64_t t = 0; t < T; ++t) out[i].insert(out[i].end(), sinks[t * nq + i].pos.begin(), sinks[t * nq + i].pos.end());
+        return out;
     }
 
     // Scores of query i of b for the candidates e (their pos), as the final ranking uses them:
@@ -192,52 +215,59 @@ struct Index::Search {
         }
     }
 
-    // One block of queries through the scan: rounds of scan + re-score; a query whose exact
-    // result is not proven yet goes to the next round with an 8x larger heap.
-    void run(const QueryBatch& batch, int64_t want, float* os, int64_t* oi) const {
+    // One block of queries through the scan and re-scoring. Exact modes: a query whose result
+    // the bound does not prove (kernels.h, codec.h) is scanned once more, collecting every vector
+    // whose bound reaches its L, and all of those are re-scored.
+    void run(const QueryBatch& b, int64_t want, float* os, int64_t* oi) const {
         const bool prove = ix.has_rows();
-        std::vector<int64_t> pending(static_cast<size_t>(batch.nq));
-        for (int64_t i = 0; i < batch.nq; ++i) pending[i] = i;
-        int64_t cap = std::min(want, avail);
-        while (!pending.empty()) {
-            const int32_t cap32 = static_cast<int32_t>(std::min<int64_t>(cap, std::numeric_limits<int32_t>::max()));
-            const int64_t per_round = std::max<int64_t>(1, kBudget / (threads * cap32 * 12));
-            std::vector<int64_t> retry;
-            for (size_t r0 = 0; r0 < pending.size(); r0 += static_cast<size_t>(per_round)) {
-                const std::vector<int64_t> rows(pending.begin() + r0,
-                                                pending.begin() + std::min(pending.size(), r0 + static_cast<size_t>(per_round)));
-                const QueryBatch b = rows.size() == static_cast<size_t>(batch.nq) ? QueryBatch() : take(batch, rows, ix.dim());
-                const QueryBatch& qb = rows.size() == static_cast<size_t>(batch.nq) ? batch : b;
-                std::vector<float> hs;
-                std::vector<int64_t> hp;
-                const std::vector<TopK> heaps = scan(qb, cap32, hs, hp);
-                std::vector<char> unproven(rows.size(), 0);
-                std::atomic<int64_t> next{0};
-                const int64_t nq = qb.nq;
-                parallel(nq >= 4 * kFinishChunk ? threads : 1, [&](int64_t) {
-                    std::vector<Entry> e;
-                    std::vector<float> buf;
-                    for (int64_t q0; (q0 = next.fetch_add(kFinishChunk)) < nq;) {
-                        for (int64_t i = q0; i < std::min(nq, q0 + kFinishChunk); ++i) {
-                            const TopK& h = heaps[i];
-                            e.resize(h.size);
-                            for (int32_t c = 0; c < h.size; ++c) e[c] = {h.score[c], ix.idp()[h.pos[c]], h.pos[c]};
-                            if (st() != Storage::F32) rescore(qb, i, e, buf);
-                            const int64_t out = rows[i];
-                            write(e, os + out * k, oi + out * k);
-                            // Proven when nothing was left out, or when all that was has u below L.
-                            const bool left_out = h.size == h.cap && h.cap < avail;
-                            if (prove && left_out && static_cast<int64_t>(e.size()) >= k && !(h.threshold < e[k - 1].score))
-                                unproven[i] = 1;
-                        }
-                    }
-                });
-                for (size_t i = 0; i < rows.size(); ++i)
-                    if (unproven[i]) retry.push_back(rows[i]);
+        const int32_t cap = static_cast<int32_t>(std::min<int64_t>(std::min(want, avail), std::numeric_limits<int32_t>::max()));
+        std::vector<float> hs;
+        std::vector<int64_t> hp;
+        const std::vector<TopK> heaps = scan(b, cap, hs, hp);
+        std::vector<float> L(static_cast<size_t>(b.nq), std::numeric_limits<float>::quiet_NaN());
+        std::atomic<int64_t> next{0};
+        const int64_t nq = b.nq;
+        parallel(nq >= 4 * kFinishChunk ? threads : 1, [&](int64_t) {
+            std::vector<Entry> e;
+            std::vector<float> buf;
+            for (int64_t q0; (q0 = next.fetch_add(kFinishChunk)) < nq;) {
+                for (int64_t i = q0; i < std::min(nq, q0 + kFinishChunk); ++i) {
+                    const TopK& h = heaps[i];
+                    e.resize(h.size);
+                    for (int32_t c = 0; c < h.size; ++c) e[c] = {h.score[c], ix.idp()[h.pos[c]], h.pos[c]};
+                    if (st() != Storage::F32) rescore(b, i, e, buf);
+                    write(e, os + i * k, oi + i * k);
+                    // Proven when nothing was left out, or when all that was has u below L.
+                    const bool left_out = h.size == h.cap && h.cap < avail;
+                    if (prove && left_out && static_cast<int64_t>(e.size()) >= k && !(h.threshold < e[k - 1].score))
+                        L[i] = e[k - 1].score;
+                }
             }
-            ix.rescans_.fetch_add(static_cast<int64_t>(retry.size()), std::memory_order_relaxed);
-            pending.swap(retry);
-            cap = std::min(cap * 8, avail);
+        });
+        std::vector<int64_t> pending;
+        for (int64_t i = 0; i < nq; ++i)
+            if (L[i] == L[i]) pending.push_back(i);
+        ix.rescans_.fetch_add(static_cast<int64_t>(pending.size()), std::memory_order_relaxed);
+        // Collected lists can reach the whole index (everything tied within the bound): a few
+        // queries at a time keep that under ~256 MB.
+        const int64_t per_round = std::clamp<int64_t>((int64_t{256} << 20) / (12 * std::max<int64_t>(1, ix.n_)), 1, 64);
+        for (size_t r0 = 0; r0 < pending.size(); r0 += static_cast<size_t>(per_round)) {
+            const std::vector<int64_t> rows(pending.begin() + r0, pending.begin() + std::min(pending.size(), r0 + static_cast<size_t>(per_round)));
+            const QueryBatch sub = take(b, rows, ix.dim());
+            std::vector<float> thresholds(rows.size());
+            for (size_t r = 0; r < rows.size(); ++r) thresholds[r] = L[rows[r]];
+            const std::vector<std::vector<int64_t>> found = collect(sub, thresholds);
+            std::atomic<int64_t> nxt{0};
+            parallel(std::min<int64_t>(threads, static_cast<int64_t>(rows.size())), [&](int64_t) {
+                std::vector<Entry> e;
+                std::vector<float> buf;
+                for (int64_t r; (r = nxt.fetch_add(1)) < static_cast<int64_t>(rows.size());) {
+                    e.clear();
+                    for (int64_t p : found[r]) e.push_back({0.0f, ix.idp()[p], p});
+                    rescore(sub, r, e, buf);
+                    write(e, os + rows[r] * k, oi + rows[r] * k);
+                }
+            });
         }
     }
 

@@ -42,6 +42,10 @@ Storage = Literal["float32", "bfloat16", "int8", "binary"]
 
 MAX_ID = 2**63 - 2
 MAX_PAD = 1024  # k may exceed the number of stored vectors by padding only up to this (C++ kMaxPad)
+# Candidates kept per result (k * oversample) when search() is not told: exact modes keep enough
+# that the bound proves the result in one scan on ordinary data (bench/results/search.md);
+# approximate ones re-score these from the codes, so more buys recall.
+DEFAULT_OVERSAMPLE = {"exact": 16, "approximate": 8, "binary": 16}
 
 _MAGIC = b"FEMBIDX\x00"
 _PREFIX = struct.Struct("<8sII")  # magic, version, header length (version 1)
@@ -192,7 +196,7 @@ class Index:
         queries: np.ndarray,
         k: int = 10,
         *,
-        oversample: int = 4,
+        oversample: int | None = None,
         allowed_ids: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` by score for each query.
@@ -202,7 +206,9 @@ class Index:
             k: results per query, >= 1 and at most ``max(len(index), 1024)``. When fewer than k
                 vectors can be returned the rest of each row is padded with score -inf and id -1.
             oversample: compressed storage: the scan keeps k * oversample candidates per query
-                (exact modes re-scan with a larger heap when the bound does not separate them).
+                (default ``DEFAULT_OVERSAMPLE``: 16 exact, 8 approximate, 16 binary). Exact modes
+                scan once more, collecting every vector whose bound reaches the k-th score, when
+                the bound does not separate the candidates from the rest.
             allowed_ids: return only these ids (filtered search); ids not in the index are
                 ignored.
 
@@ -212,6 +218,9 @@ class Index:
         """
         q = _as_matrix(queries, self.dim, "queries")
         allowed = None if allowed_ids is None else _as_ids(allowed_ids, "allowed_ids")
+        if oversample is None:
+            kind = "binary" if self.storage == "binary" else "exact" if self.exact else "approximate"
+            oversample = DEFAULT_OVERSAMPLE[kind]
         # operator.index: a float k (2.5) is a TypeError, not silently truncated.
         scores, ids = self._c.search(
             q, operator.index(k), operator.index(oversample), self.threads, False, allowed
@@ -362,7 +371,10 @@ def _create_locked_temp(path: Path) -> tuple[int, str]:
     """
     while True:
         tmp = str(path.with_name(f"{_temp_prefix(path)}{os.getpid()}-{secrets.token_hex(6)}"))
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        except FileExistsError:  # another call drew the same name
+            continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             if os.stat(tmp, follow_symlinks=False).st_ino == os.fstat(fd).st_ino:
