@@ -54,8 +54,9 @@ def encode(dataset: ray.data.Dataset, bundle: str | Path, column: str = "text", 
     """``dataset`` with ``output_column`` (float32 ``[dim]`` per row) and ``error_column`` added.
 
     ``batch_size`` rows go to an actor at a time; ``encode_batch_size`` is the model's batch.
-    ``concurrency``: the number of actors (default: the cluster's CPUs / ``num_cpus_per_actor``),
-    or ``(min, max)`` for an autoscaling pool. Each actor reserves ``num_cpus_per_actor`` CPUs and
+    ``concurrency``: the number of actors, or ``(min, max)`` for an autoscaling pool (default:
+    from 1 to the cluster's CPUs / ``num_cpus_per_actor``; a fixed pool that holds every CPU would
+    leave none to the pipeline's read and write tasks, which would then wait forever). Each actor reserves ``num_cpus_per_actor`` CPUs and
     gives ONNX Runtime that many threads. An ``error_column`` already in ``dataset`` (as
     ``read_lines`` makes) marks rows not to encode; its messages are kept.
     """
@@ -70,6 +71,9 @@ def encode(dataset: ray.data.Dataset, bundle: str | Path, column: str = "text", 
     if len({column, output_column, error_column}) < 3:
         raise ValueError(f"column, output_column and error_column must differ, got {column!r}, "
                          f"{output_column!r}, {error_column!r}")
+    schema = dataset.schema(fetch_if_missing=False)  # known without running anything, or None
+    if schema is not None:
+        _check_columns(schema.names, column, output_column)
     return dataset.map_batches(
         _EncodeBatch,
         batch_size=batch_size,
@@ -95,7 +99,7 @@ def read_lines(path: str | list[str], fmt: str = "text", field: str = "text", ch
     CPU by default (parsing is light), so a pool of actors holding every CPU cannot starve them."""
     if fmt not in ("text", "jsonl"):
         raise ValueError(f"read_lines reads 'text' or 'jsonl', got {fmt!r}")
-    read_args.setdefault("ray_remote_args", {"num_cpus": 0})
+    read_args.setdefault("num_cpus", 0)
     return ray.data.read_datasource(_Lines(path, fmt=fmt, field=field, chunk=chunk), **read_args)
 
 
@@ -113,9 +117,11 @@ def encode_file_rows(bundle: str | Path, path: str | Path, fmt: str, field: str 
             ray.init(address=address)
     ray.data.DataContext.get_current().execution_options.preserve_order = True
     if fmt == "parquet":
-        ds = ray.data.read_parquet(str(path), columns=[field], ray_remote_args={"num_cpus": 0})
+        ds = ray.data.read_parquet(str(path), columns=[field], num_cpus=0)
     else:
         ds, field = read_lines(str(path), fmt, field, chunk), "text"
+    if concurrency is None:  # reads reserve no CPU and the driver writes: actors may take every CPU
+        concurrency = max(1, int(ray.cluster_resources().get("CPU", 1) // num_cpus_per_actor))
     ds = encode(ds, bundle, column=field, encode_batch_size=batch_size, normalize=normalize,
                 concurrency=concurrency, num_cpus_per_actor=num_cpus_per_actor)
     start = 0
@@ -133,9 +139,9 @@ def tensor_column(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
 
 
 def _actor_pool(concurrency: int | tuple[int, ...] | None, num_cpus: float) -> ray.data.ActorPoolStrategy:
-    if concurrency is None:
+    if concurrency is None:  # autoscaling: a fixed pool holding every CPU would starve reads and writes
         cpus = ray.cluster_resources().get("CPU", 1)
-        return ray.data.ActorPoolStrategy(size=max(1, int(cpus // num_cpus)))
+        return ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, int(cpus // num_cpus)))
     if isinstance(concurrency, int) and not isinstance(concurrency, bool) and concurrency >= 1:
         return ray.data.ActorPoolStrategy(size=concurrency)
     if isinstance(concurrency, tuple) and len(concurrency) in (2, 3) and all(
@@ -183,6 +189,13 @@ def _sha256_of(path: Path) -> str | None:
         return None
 
 
+def _check_columns(names: list[str], column: str, output_column: str) -> None:
+    if column not in names:
+        raise ValueError(f"the dataset has no column {column!r} (columns: {', '.join(names)}); pass column=")
+    if output_column in names:
+        raise ValueError(f"the dataset already has a column {output_column!r}; pass another output_column=")
+
+
 class _EncodeBatch:
     """The actor: one Encoder, loaded once; a block in, the block with vectors and errors out."""
 
@@ -196,11 +209,7 @@ class _EncodeBatch:
 
     def __call__(self, table: pa.Table) -> pa.Table:
         names = table.column_names
-        if self.column not in names:
-            raise ValueError(f"the dataset has no column {self.column!r} (columns: {', '.join(names)}); "
-                             "pass column=")
-        if self.output in names:
-            raise ValueError(f"the dataset already has a column {self.output!r}; pass another output_column=")
+        _check_columns(names, self.column, self.output)
         texts, errors = arrow_texts(table.column(self.column))
         if self.error in names:
             errors = [p if p is not None else e for p, e in zip(table.column(self.error).to_pylist(), errors,
