@@ -54,9 +54,7 @@ def encode_file(bundle: str | Path, input: str | Path, output: str | Path, *, fm
     ``ray_address`` runs the encoding on Ray: ``"local"`` starts a local Ray, anything else is
     passed to ``ray.init(address=...)`` (``"auto"``, ``"ray://head:10001"``, ...).
     """
-    output = Path(output)
-    if output.suffix.lower() not in OUTPUTS:
-        raise ValueError(f"--output must end with {' or '.join(OUTPUTS)}, got {output}")
+    output = _checked_output(output)
     fmt = input_format(input, fmt)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
@@ -76,8 +74,16 @@ def encode_file(bundle: str | Path, input: str | Path, output: str | Path, *, fm
         chunks = encode_file_rows(bundle, input, fmt, field, address=ray_address, batch_size=batch_size,
                                   normalize=normalize, chunk=chunk, concurrency=concurrency,
                                   num_cpus_per_actor=num_cpus_per_actor)
+    return write_rows(output, dim, chunks, fmt, total, progress)
+
+
+def write_rows(output: str | Path, dim: int, chunks: Iterator[tuple[int, np.ndarray, list[str | None]]],
+               fmt: str = "text", total: int | None = None, progress: bool = True) -> Report:
+    """Write ``(start, vectors, errors)`` chunks, in row order, to ``output`` (.npy or .parquet).
+    ``fmt`` names failed rows in the report: ``line N`` for text and JSON Lines, else ``row N``."""
     from tqdm.auto import tqdm
 
+    output = _checked_output(output)
     report = Report()
     with _sink(output, dim) as sink, tqdm(total=total, desc="encode", unit="text", disable=not progress) as bar:
         for start, vectors, errors in chunks:
@@ -88,6 +94,13 @@ def encode_file(bundle: str | Path, input: str | Path, output: str | Path, *, fm
             report.rows += len(vectors)
             bar.update(len(vectors))
     return report
+
+
+def _checked_output(output: str | Path) -> Path:
+    output = Path(output)
+    if output.suffix.lower() not in OUTPUTS:
+        raise ValueError(f"the output must end with {' or '.join(OUTPUTS)}, got {output}")
+    return output
 
 
 def _count_rows(path: str | Path, fmt: str, field: str) -> int | None:

@@ -14,7 +14,7 @@ store, fetched only by actors on nodes where the driver's path does not hold the
 Every input column is kept; ``embedding`` is a fixed-width float32 tensor column. A row whose
 text is null, not a string or not encodable gets NaN in ``embedding`` and the reason in ``error``
 (null for the others): one bad row never fails its block. Rows keep their order when Ray Data's
-``DataContext.execution_options.preserve_order`` is set (``encode_file_rows`` sets it).
+``DataContext.execution_options.preserve_order`` is set (``connect`` sets it).
 
 Do not use ``ray.data.read_text`` for one text per line: it splits lines with ``str.splitlines``
 (a form feed or U+2028 inside a line makes two rows) and drops empty lines. ``read_lines`` here
@@ -44,7 +44,7 @@ except ImportError:  # pragma: no cover - exercised where Ray is not installed
 from fastemb.bundle import MANIFEST, Bundle, BundleError
 from fastemb.rows import arrow_texts, encode_rows, line_rows
 
-__all__ = ["encode", "encode_file_rows", "read_lines"]
+__all__ = ["connect", "encode", "encode_file_rows", "encode_texts", "read_lines"]
 
 
 def encode(dataset: ray.data.Dataset, bundle: str | Path, column: str = "text", output_column: str = "embedding",
@@ -103,26 +103,49 @@ def read_lines(path: str | list[str], fmt: str = "text", field: str = "text", ch
     return ray.data.read_datasource(_Lines(path, fmt=fmt, field=field, chunk=chunk), **read_args)
 
 
-def encode_file_rows(bundle: str | Path, path: str | Path, fmt: str, field: str = "text", *, address: str = "local",
-                     batch_size: int = 32, normalize: bool = True, chunk: int = 8192,
-                     concurrency: int | tuple[int, ...] | None = None,
-                     num_cpus_per_actor: float = 1) -> Iterator[tuple[int, np.ndarray, list[str | None]]]:
-    """``(start, vectors, errors)`` chunks of a file's rows in input order, encoded on Ray:
-    what ``fastemb.bulk.encode_file`` writes with ``ray_address``. ``address`` ``"local"`` starts a
-    local Ray unless one is running; anything else goes to ``ray.init(address=...)``."""
+def connect(address: str = "local") -> None:
+    """Join Ray unless this process already has: ``"local"`` starts a local Ray, anything else goes
+    to ``ray.init(address=...)``. Rows then keep their order through Ray Data."""
     if not ray.is_initialized():
         if address == "local":
             ray.init(include_dashboard=False)
         else:
             ray.init(address=address)
     ray.data.DataContext.get_current().execution_options.preserve_order = True
+
+
+def encode_file_rows(bundle: str | Path, path: str | Path, fmt: str, field: str = "text", *, address: str = "local",
+                     **options: Any) -> Iterator[tuple[int, np.ndarray, list[str | None]]]:
+    """``(start, vectors, errors)`` chunks of a file's rows in input order, encoded on Ray: what
+    ``fastemb.bulk.encode_file`` writes with ``ray_address``. ``options``: as ``encode_texts``."""
+    connect(address)
     if fmt == "parquet":
-        ds = ray.data.read_parquet(str(path), columns=[field], num_cpus=0)
+        ds, column = ray.data.read_parquet(str(path), columns=[field], num_cpus=0), field
     else:
-        ds, field = read_lines(str(path), fmt, field, chunk), "text"
-    if concurrency is None:  # reads reserve no CPU and the driver writes: actors may take every CPU
+        ds, column = read_lines(str(path), fmt, field, options.get("chunk", 8192)), "text"
+    yield from _in_order(ds, bundle, column, **options)
+
+
+def encode_texts(bundle: str | Path, texts: list[str], *, address: str = "local",
+                 **options: Any) -> Iterator[tuple[int, np.ndarray, list[str | None]]]:
+    """``(start, vectors, errors)`` chunks of ``texts`` in order, encoded on Ray (the texts go
+    to the object store in blocks of ``chunk``). ``options``: ``batch_size`` (the model's),
+    ``normalize``, ``chunk``, ``concurrency`` (default: every CPU, reads need none here) and
+    ``num_cpus_per_actor``."""
+    connect(address)
+    table = pa.table({"text": pa.array(texts, type=pa.string())})
+    # blocks of ``chunk`` rows, smaller for a short list so that every CPU's actor gets some
+    block = max(1, min(options.get("chunk", 8192), -(-len(texts) // int(4 * ray.cluster_resources().get("CPU", 1)))))
+    ds = ray.data.from_arrow([table.slice(i, block) for i in range(0, len(table), block)] or [table])
+    yield from _in_order(ds, bundle, "text", **options)
+
+
+def _in_order(ds: ray.data.Dataset, bundle: str | Path, column: str, *, batch_size: int = 32,
+              normalize: bool = True, chunk: int = 8192, concurrency: int | tuple[int, ...] | None = None,
+              num_cpus_per_actor: float = 1) -> Iterator[tuple[int, np.ndarray, list[str | None]]]:
+    if concurrency is None:  # these pipelines' reads reserve no CPU and the driver writes
         concurrency = max(1, int(ray.cluster_resources().get("CPU", 1) // num_cpus_per_actor))
-    ds = encode(ds, bundle, column=field, encode_batch_size=batch_size, normalize=normalize,
+    ds = encode(ds, bundle, column=column, encode_batch_size=batch_size, normalize=normalize,
                 concurrency=concurrency, num_cpus_per_actor=num_cpus_per_actor)
     start = 0
     for batch in ds.iter_batches(batch_size=chunk, batch_format="pyarrow"):

@@ -161,7 +161,7 @@ def test_empty_input_gives_zero_rows(tiny_bundle: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("argv, message", [
     (["--input", "{missing}", "--output", "{out}.npy"], "input file not found"),
-    (["--input", "{txt}", "--output", "{out}.csv"], "--output must end with .npy or .parquet"),
+    (["--input", "{txt}", "--output", "{out}.csv"], "the output must end with .npy or .parquet"),
     (["--input", "{parquet}", "--output", "{out}.npy", "--field", "body"], "no column 'body' (columns: text, n)"),
     (["--input", "{parquet}", "--output", "{out}.npy", "--field", "n"], "column 'n' is int64, not text"),
     (["--input", "{txt}", "--output", "{out}.npy", "--batch-size", "0"], "batch_size must be an integer >= 1"),

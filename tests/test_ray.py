@@ -168,3 +168,19 @@ def test_bad_arguments(tiny_bundle: Path, tmp_path: Path) -> None:
     (tmp_path / "d.jsonl").write_text('{"title": "x"}\n')
     with pytest.raises(Exception, match=r"no column 'text' \(columns: title\)"):
         fastemb.ray.encode(ray.data.read_json(str(tmp_path / "d.jsonl"), lines=True), tiny_bundle).materialize()
+
+
+def test_teacher_vectors_on_ray_write_the_same_cache(tiny_bundle: Path, tmp_path: Path) -> None:
+    from distill.students import teacher_vectors
+
+    sentences = texts_of(1200, seed=6)
+    logs: list[str] = []
+    on_ray = teacher_vectors(tiny_bundle, sentences, tmp_path / "ray", log=logs.append, ray_address="local")
+    assert "on Ray (local)" in logs[-1]
+    local = teacher_vectors(tiny_bundle, sentences, tmp_path / "local", log=logs.append)
+    assert on_ray.dtype == np.float32 and on_ray.shape == local.shape == (1200, 32)
+    assert cosines(on_ray, local).min() >= 0.99999
+    assert sorted(p.name for p in (tmp_path / "ray").iterdir()) == sorted(p.name for p in (tmp_path / "local").iterdir())
+    again = teacher_vectors(tiny_bundle, sentences, tmp_path / "ray", log=logs.append)  # the same cache files
+    assert "cache hit" in logs[-1]
+    np.testing.assert_array_equal(again, on_ray)
