@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -46,14 +48,19 @@ def atomic_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
         raise
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory and a rename."""
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
+    """Yield a binary file that becomes ``path`` (by rename, after fsync) when the block ends.
+
+    On an exception the temporary file is removed and ``path`` is untouched. The temporary name is
+    drawn per call and created with mode 0666, so the umask decides who may read the result.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -61,3 +68,9 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same directory and a rename."""
+    with atomic_file(path) as f:
+        f.write(data)

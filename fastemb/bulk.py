@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from fastemb._io import atomic_file
 from fastemb.rows import count_lines, encode_rows, input_format, parquet_file, read_rows, row_name
 
 OUTPUTS = (".npy", ".parquet")
@@ -117,22 +117,12 @@ def _count_rows(path: str | Path, fmt: str, field: str) -> int | None:
 
 @contextlib.contextmanager
 def _sink(output: Path, dim: int) -> Iterator[Any]:
-    """A writer into a temporary file beside ``output``, renamed over it when the block ends
-    without an error and removed otherwise (a failed run leaves ``output`` as it was)."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "xb") as f:  # default mode: the umask decides who may read the output
-            writer = _NpyWriter(f, dim) if output.suffix.lower() == ".npy" else _ParquetWriter(f, dim)
-            yield writer
-            writer.close()
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, output)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """A writer into a temporary file beside ``output`` that replaces it only once complete
+    (``fastemb._io.atomic_file``): a failed or interrupted run leaves ``output`` as it was."""
+    with atomic_file(output) as f:
+        writer = _NpyWriter(f, dim) if output.suffix.lower() == ".npy" else _ParquetWriter(f, dim)
+        yield writer
+        writer.close()
 
 
 class _NpyWriter:
