@@ -83,6 +83,8 @@ def shrink(cfg: ShrinkConfig, log: Callable[[str], None] = print) -> dict:
     )
     from distill.trainer import TrainConfig, train
 
+    if rank_and_world()[0] != 0:  # under torchrun, one process reports
+        log = _quiet
     if cfg.student not in STUDENTS:
         raise ValueError(f"unknown student {cfg.student!r}; choose one of {', '.join(STUDENTS)}")
     teacher_dir = Path(cfg.teacher)
@@ -142,3 +144,7 @@ def token_lengths(tokenizer_file: Path, texts: list[str]) -> list[int]:
     tok.no_padding()
     tok.no_truncation()
     return [len(e.ids) for e in tok.encode_batch(texts)]
+
+
+def _quiet(message: str) -> None:
+    """The log of torchrun's ranks other than 0."""

@@ -105,13 +105,16 @@ def read_lines(path: str | list[str], fmt: str = "text", field: str = "text", ch
 
 def connect(address: str = "local") -> None:
     """Join Ray unless this process already has: ``"local"`` starts a local Ray, anything else goes
-    to ``ray.init(address=...)``. Rows then keep their order through Ray Data."""
+    to ``ray.init(address=...)``. Rows then keep their order through Ray Data, which shows no
+    progress bars of its own."""
     if not ray.is_initialized():
         if address == "local":
             ray.init(include_dashboard=False)
         else:
             ray.init(address=address)
-    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True
+    context.enable_progress_bars = False  # the caller shows one bar of rows written
 
 
 def encode_file_rows(bundle: str | Path, path: str | Path, fmt: str, field: str = "text", *, address: str = "local",
