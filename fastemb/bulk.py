@@ -23,6 +23,7 @@ from typing import IO, Any
 import numpy as np
 
 from fastemb._io import atomic_file
+from fastemb.encoder import CHUNK_BATCHES, Encoder
 from fastemb.rows import count_lines, encode_rows, input_format, parquet_file, read_rows, row_name
 
 OUTPUTS = (".npy", ".parquet")
@@ -47,21 +48,22 @@ class Report:
 
 def encode_file(bundle: str | Path, input: str | Path, output: str | Path, *, fmt: str | None = None,
                 field: str = "text", batch_size: int = 32, normalize: bool = True, progress: bool = True,
-                chunk: int = 8192, ray_address: str | None = None, concurrency: int | None = None,
+                chunk: int | None = None, ray_address: str | None = None, concurrency: int | None = None,
                 num_cpus_per_actor: float = 1) -> Report:
     """Encode every row of ``input`` with ``bundle`` into ``output`` (see the module docstring).
 
-    ``ray_address`` runs the encoding on Ray: ``"local"`` starts a local Ray, anything else is
-    passed to ``ray.init(address=...)`` (``"auto"``, ``"ray://head:10001"``, ...).
+    ``chunk`` rows are read, encoded and written at a time (default: 4 of ``Encoder``'s chunks,
+    8,192 rows at ``batch_size`` 32). ``ray_address`` runs the encoding on Ray: ``"local"``
+    starts a local Ray, anything else is passed to ``ray.init(address=...)`` (``"auto"``,
+    ``"ray://head:10001"``, ...).
     """
     output = _checked_output(output)
     fmt = input_format(input, fmt)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     total = _count_rows(input, fmt, field)
+    chunk = chunk or batch_size * CHUNK_BATCHES * 4  # rows per step: whole Encoder chunks
     if ray_address is None:
-        from fastemb.encoder import Encoder
-
         encoder = Encoder(bundle)
         dim = encoder.dim
         chunks = ((r.start, *encode_rows(encoder, r.texts, r.errors, batch_size, normalize))

@@ -42,18 +42,23 @@ except ImportError:  # pragma: no cover - exercised where Ray is not installed
     raise ImportError("fastemb.ray needs Ray Data: pip install 'fastemb[ray]'") from None
 
 from fastemb.bundle import MANIFEST, Bundle, BundleError
+from fastemb.encoder import CHUNK_BATCHES
 from fastemb.rows import arrow_texts, encode_rows, line_rows
 
 __all__ = ["connect", "encode", "encode_file_rows", "encode_texts", "read_lines"]
 
 
 def encode(dataset: ray.data.Dataset, bundle: str | Path, column: str = "text", output_column: str = "embedding",
-           *, error_column: str = "error", batch_size: int = 1024, encode_batch_size: int = 32,
+           *, error_column: str = "error", batch_size: int | None = None, encode_batch_size: int = 32,
            normalize: bool = True, concurrency: int | tuple[int, ...] | None = None,
            num_cpus_per_actor: float = 1) -> ray.data.Dataset:
     """``dataset`` with ``output_column`` (float32 ``[dim]`` per row) and ``error_column`` added.
 
-    ``batch_size`` rows go to an actor at a time; ``encode_batch_size`` is the model's batch.
+    ``batch_size`` rows go to an actor at a time (default ``encode_batch_size`` x 64, the rows
+    ``Encoder.encode`` tokenizes and sorts by length together); ``encode_batch_size`` is the
+    model's batch. Ray Data cuts blocks its own way, so the model's batches hold other rows than
+    in one process: float32 vectors agree to rounding, dynamic int8 ones (each batch quantized with
+    its own scale) to about 0.995 cosine (``bench/results/scale.md``).
     ``concurrency``: the number of actors, or ``(min, max)`` for an autoscaling pool (default:
     from 1 to the cluster's CPUs / ``num_cpus_per_actor``; a fixed pool that holds every CPU would
     leave none to the pipeline's read and write tasks, which would then wait forever). Each actor reserves ``num_cpus_per_actor`` CPUs and
@@ -63,6 +68,7 @@ def encode(dataset: ray.data.Dataset, bundle: str | Path, column: str = "text", 
     b = Bundle(bundle)  # refuse a missing or corrupt bundle here, not in every actor
     if b.manifest.kind != "encoder":
         raise BundleError(f"{b.dir} is a {b.manifest.kind} bundle, not an encoder")
+    batch_size = encode_batch_size * CHUNK_BATCHES if batch_size is None else batch_size
     for name, value in (("batch_size", batch_size), ("encode_batch_size", encode_batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
@@ -125,22 +131,27 @@ def encode_file_rows(bundle: str | Path, path: str | Path, fmt: str, field: str 
     if fmt == "parquet":
         ds, column = ray.data.read_parquet(str(path), columns=[field], num_cpus=0), field
     else:
-        ds, column = read_lines(str(path), fmt, field, options.get("chunk", 8192)), "text"
+        ds, column = read_lines(str(path), fmt, field, _block(options)), "text"
     yield from _in_order(ds, bundle, column, **options)
 
 
 def encode_texts(bundle: str | Path, texts: list[str], *, address: str = "local",
                  **options: Any) -> Iterator[tuple[int, np.ndarray, list[str | None]]]:
     """``(start, vectors, errors)`` chunks of ``texts`` in order, encoded on Ray (the texts go
-    to the object store in blocks of ``chunk``). ``options``: ``batch_size`` (the model's),
-    ``normalize``, ``chunk``, ``concurrency`` (default: every CPU, reads need none here) and
-    ``num_cpus_per_actor``."""
+    to the object store in blocks of ``batch_size`` x 64 rows).
+    ``options``: ``batch_size`` (the model's), ``normalize``, ``chunk`` (rows per chunk returned),
+    ``concurrency`` (default: every CPU, reads need none here) and ``num_cpus_per_actor``."""
     connect(address)
     table = pa.table({"text": pa.array(texts, type=pa.string())})
-    # blocks of ``chunk`` rows, smaller for a short list so that every CPU's actor gets some
-    block = max(1, min(options.get("chunk", 8192), -(-len(texts) // int(4 * ray.cluster_resources().get("CPU", 1)))))
+    # blocks of what one actor call takes, smaller for a short list so that every actor gets some
+    block = max(1, min(_block(options), -(-len(texts) // int(4 * ray.cluster_resources().get("CPU", 1)))))
     ds = ray.data.from_arrow([table.slice(i, block) for i in range(0, len(table), block)] or [table])
     yield from _in_order(ds, bundle, "text", **options)
+
+
+def _block(options: dict[str, Any]) -> int:
+    """Rows per block these pipelines read: one actor call."""
+    return options.get("batch_size", 32) * CHUNK_BATCHES
 
 
 def _in_order(ds: ray.data.Dataset, bundle: str | Path, column: str, *, batch_size: int = 32,
