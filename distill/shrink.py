@@ -83,8 +83,6 @@ def shrink(cfg: ShrinkConfig, log: Callable[[str], None] = print) -> dict:
     )
     from distill.trainer import TrainConfig, train
 
-    if rank_and_world()[0] != 0:  # under torchrun, one process reports
-        log = _quiet
     if cfg.student not in STUDENTS:
         raise ValueError(f"unknown student {cfg.student!r}; choose one of {', '.join(STUDENTS)}")
     teacher_dir = Path(cfg.teacher)
@@ -108,6 +106,8 @@ def shrink(cfg: ShrinkConfig, log: Callable[[str], None] = print) -> dict:
     sentences = read_corpus(cfg.corpus or CORPUS)
     if cfg.max_sentences:
         sentences = sentences[: cfg.max_sentences]
+    if rank_and_world()[0] != 0:  # under torchrun, one process reports
+        log = _quiet
     # under torchrun, rank 0 exports the teacher and computes (or loads) the vectors; all get them
     targets = on_rank0(lambda: teacher_vectors(teacher_bundle(teacher_dir, cfg.cache_dir, log), sentences,
                                                Path(cfg.cache_dir) / "vectors", log=log, ray_address=cfg.ray))

@@ -109,6 +109,8 @@ def teacher_vectors(bundle: str | Path, sentences: list[str], cache_dir: str | P
     from fastemb._io import atomic_write_bytes, sha256_file
     from fastemb.bundle import Bundle
 
+    if ray_address is not None:
+        import fastemb.ray  # noqa: F401 - without Ray, say so (ImportError naming the extra) first
     b = Bundle(bundle)
     teacher_key = b.manifest.files[b.manifest.graphs["encoder"]][:16]
     key = f"{teacher_key}-{_sha256_text(sentences)[:16]}"
