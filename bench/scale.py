@@ -93,37 +93,59 @@ def descendants(root: int) -> list[int]:
     return out
 
 
-class RaySampler:
-    """Samples the VmHWM of every process this driver started, once a second, in a thread:
-    Ray Data stops its actors as soon as the dataset is consumed, before anyone could ask."""
+def cpu_seconds_of(pid: int | str) -> float | None:
+    """User + system CPU seconds a process has used (/proc/PID/stat)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Sampler:
+    """Samples, once a second in a thread, the peak memory (VmHWM) and CPU seconds of every
+    process this driver started (Ray's: its actors stop as soon as the dataset is consumed, before
+    anyone could ask). CPU is counted from the start: a process's time before it is subtracted."""
 
     def __init__(self) -> None:
         import threading
 
-        self.peaks: dict[int, tuple[str, float]] = {}
+        self.kind: dict[int, str] = {}
+        self.peak: dict[int, float] = {}
+        self.cpu: dict[int, float] = {}
+        self.cpu0 = {pid: cpu_seconds_of(pid) or 0.0 for pid in descendants(os.getpid())}
+        self.self0 = cpu_seconds_of("self") or 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
+    def _sample(self) -> None:
+        for pid in descendants(os.getpid()):
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            rss, cpu = peak_rss_mib(pid), cpu_seconds_of(pid)
+            if rss is not None and cpu is not None:
+                self.kind[pid] = "actors" if "_EncodeBatch" in cmd else "ray"
+                self.peak[pid] = max(rss, self.peak.get(pid, 0.0))
+                self.cpu[pid] = cpu
+
     def _run(self) -> None:
         while not self._stop.wait(1.0):
-            for pid in descendants(os.getpid()):
-                try:
-                    cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                except OSError:
-                    continue
-                rss = peak_rss_mib(pid)
-                if rss is not None:
-                    kind = "actors" if "_EncodeBatch" in cmd else "ray"
-                    self.peaks[pid] = (kind, max(rss, self.peaks.get(pid, ("", 0.0))[1]))
+            self._sample()
 
-    def stop(self) -> dict[str, list[float]]:
-        """Peak RSS (MiB) of the encoding actors, and of Ray's own processes."""
+    def stop(self) -> dict:
+        """Peak RSS (MiB) of each actor and of Ray's own processes; CPU seconds of all of them and
+        of this process since the start."""
         self._stop.set()
         self._thread.join()
-        out: dict[str, list[float]] = {"actors": [], "ray": []}
-        for kind, rss in self.peaks.values():
-            out[kind].append(round(rss, 1))
+        self._sample()
+        out: dict = {"actors": [], "ray": []}
+        for pid, kind in self.kind.items():
+            out[kind].append(round(self.peak[pid], 1))
+        out["cpu_s"] = round((cpu_seconds_of("self") or 0.0) - self.self0
+                             + sum(c - self.cpu0.get(pid, 0.0) for pid, c in self.cpu.items()), 1)
         return out
 
 
@@ -142,7 +164,7 @@ def worker(args: argparse.Namespace) -> None:
             ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
         result["ray_init_s"] = round(time.perf_counter() - t, 2)
-    sampler = RaySampler() if args.worker == "ray" else None
+    sampler = Sampler()
     steal0, total0 = cpu_times()
     t = time.perf_counter()
     report = encode_file(args.bundle, args.input, args.output, progress=False,
@@ -150,11 +172,15 @@ def worker(args: argparse.Namespace) -> None:
     seconds = time.perf_counter() - t
     steal1, total1 = cpu_times()
     assert report.rows == args.n and report.failed == 0, report
+    result.update(sampler.stop())
+    if args.worker == "single":
+        del result["actors"], result["ray"]
     result.update(seconds=round(seconds, 2), per_s=round(args.n / seconds, 1),
+                  per_cpu_s=round(args.n / max(result["cpu_s"], 1e-9), 1),
+                  cpu_share=round(result["cpu_s"] / (seconds * args.cpus), 3), load=round(os.getloadavg()[0], 1),
                   steal=round((steal1 - steal0) / max(1, total1 - total0), 4),
                   driver_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
     if args.worker == "ray":
-        result.update(sampler.stop())
         import ray
 
         ray.shutdown()
@@ -230,24 +256,31 @@ def main() -> None:
     single = {r["texts"]: r for r in runs if r["engine"] == "single"}
     rows = []
     for r in runs:
-        ratio = r["per_s"] / single[r["texts"]]["per_s"]
-        r["ratio"] = round(ratio, 3)
+        base = single[r["texts"]]
+        r["ratio"] = round(r["per_s"] / base["per_s"], 3)
+        r["ratio_per_cpu_s"] = round(r["per_cpu_s"] / base["per_cpu_s"], 3)
         actors = ", ".join(f"{m:.0f}" for m in r.get("actors", [])) or "-"
-        rows.append([r["engine"], f"{r['texts']:,}", f"{r['seconds']:.1f}", f"{r['per_s']:.0f}", f"{ratio:.2f}x",
-                     f"{r['driver_mib']:.0f}", actors, f"{sum(r['ray']):.0f}" if "ray" in r else "-",
-                     f"{100 * r['steal']:.1f}%", f"{r['min_cos_to_single']:.5f}"])
-    body = table(["engine", "texts", "seconds", "sentences/s", "vs single", "driver peak MiB", "actor peak MiB",
-                  "Ray processes peak MiB", "CPU steal", "min cos to single"], rows)
+        rows.append([r["engine"], f"{r['texts']:,}", f"{r['seconds']:.1f}", f"{r['per_s']:.0f}", f"{r['ratio']:.2f}x",
+                     f"{r['per_cpu_s']:.0f}", f"{r['ratio_per_cpu_s']:.2f}x", f"{100 * r['cpu_share']:.0f}%",
+                     f"{r['load']:.1f}", f"{100 * r['steal']:.1f}%", f"{r['driver_mib']:.0f}", actors,
+                     f"{sum(r['ray']):.0f}" if "ray" in r else "-", f"{r['min_cos_to_single']:.5f}"])
+    body = table(["engine", "texts", "seconds", "sentences/s", "vs single", "per CPU-second", "vs single",
+                  "CPU share", "load", "CPU steal", "driver peak MiB", "actor peak MiB", "Ray processes peak MiB",
+                  "min cos to single"], rows)
     big = {r["engine"]: r for r in runs if r["texts"] == args.texts}
     small = {r["engine"]: r for r in runs if r["texts"] == args.small}
     summary = {"texts": args.texts, "cpus": args.cpus, "ray_vs_single": big["ray"]["ratio"],
+               "ray_vs_single_per_cpu_s": big["ray"]["ratio_per_cpu_s"],
                "single_process_reordered_min_cos": round(order_cos, 6),
                "goal_ray_within_15pct": big["ray"]["ratio"] >= 0.85, "runs": runs}
     notes = [f"\n\nInt8 teacher bundle `{bundle.name}` (all-MiniLM-L6-v2, SmoothQuant int8), the shipped corpus "
              f"repeated to {args.texts:,} lines, `.npy` output, model batch 32. Ray: "
              + (f"the cluster at `{args.address}`" if args.address else f"local, `ray.init(num_cpus={args.cpus})`")
              + ", one actor per CPU with one ONNX Runtime thread; `ray.init` time not counted "
-             f"({big['ray'].get('ray_init_s', '?')} s). Peak memory is VmHWM; 'Ray processes' sums raylet, GCS "
+             f"({big['ray'].get('ray_init_s', '?')} s). 'per CPU-second': texts per second of CPU time used by the "
+             "engine's processes (Ray's raylet, GCS and workers included), the engines' cost on a machine shared "
+             "with other work; 'CPU share': that CPU time over seconds x CPUs; 'load': the 1-minute load average "
+             "at the end. Peak memory is VmHWM; 'Ray processes' sums raylet, GCS "
              "and Ray's other workers started by the driver. 'min cos to single' compares the two outputs row by row: "
              "Ray Data cuts its own blocks, so the model's batches hold other rows, and a dynamic int8 graph "
              "quantizes each batch's activations with its own scale; in one process, the first 4,096 texts "

@@ -136,6 +136,17 @@ def test_cli_ray_matches_the_single_process_run(tiny_bundle: Path, tmp_path: Pat
     errors = table.column("error").to_pylist()
     assert [i for i, e in enumerate(errors) if e] == [5] and "not valid JSON" in errors[5]
 
+    values: list[str | None] = list(texts[:300])
+    values[250] = None
+    pq.write_table(pa.table({"body": values}), tmp_path / "p.parquet", row_group_size=64)
+    assert main(["encode", str(tiny_bundle), "--input", str(tmp_path / "p.parquet"), "--field", "body",
+                 "--no-progress", "--output", str(tmp_path / "p.npy"), "--ray"]) == 1
+    assert "error: row 250: text is null" in capsys.readouterr().err
+    got = np.load(tmp_path / "p.npy")
+    assert np.isnan(got[250]).all()
+    keep = [i for i in range(300) if i != 250]
+    assert cosines(got[keep], local[keep]).min() >= 0.99999
+
 
 def test_bundle_is_shipped_to_a_node_without_its_path(tiny_bundle: Path, encoder: Encoder, tmp_path: Path) -> None:
     shipped = fastemb.ray._ShippedBundle(Bundle(tiny_bundle))
@@ -184,3 +195,14 @@ def test_teacher_vectors_on_ray_write_the_same_cache(tiny_bundle: Path, tmp_path
     again = teacher_vectors(tiny_bundle, sentences, tmp_path / "ray", log=logs.append)  # the same cache files
     assert "cache hit" in logs[-1]
     np.testing.assert_array_equal(again, on_ray)
+
+
+def test_shrink_cli_takes_ray_and_its_address(monkeypatch) -> None:
+    import distill.shrink
+    from distill.cli import main as distill_main
+
+    seen = []
+    monkeypatch.setattr(distill.shrink, "shrink", lambda cfg: seen.append(cfg.ray) or {"model": "m"})
+    for extra, expected in [([], None), (["--ray"], "local"), (["--ray", "ray://head:10001"], "ray://head:10001")]:
+        assert distill_main(["shrink", "--teacher", "t", "--out", "o", *extra]) == 0
+        assert seen[-1] == expected
