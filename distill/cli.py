@@ -244,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--eval-every", type=int, default=250)
     s.add_argument("--seed", type=int, default=42)
     s.add_argument("--cache-dir", default=".cache/distill")
+    s.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="compute the teacher vectors on Ray (fastemb[ray]): a local Ray, or the cluster at ADDRESS")
     s.add_argument("--out", required=True, metavar="DIR")
     s.add_argument("--overwrite", action="store_true")
     s.add_argument("--resume", action="store_true")

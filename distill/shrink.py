@@ -6,8 +6,10 @@ Layout of ``out``::
     bundle-fp32/    fastemb bundle of the best student, float32
     bundle-int8/    the same, dynamic int8 (SmoothQuant)
 
-Teacher vectors for the corpus come from the teacher's fp32 bundle through ``fastemb.Encoder`` and
-are cached under ``cache_dir`` (keyed by teacher graph and corpus checksums). Training batches
+Teacher vectors for the corpus come from the teacher's fp32 bundle through ``fastemb.Encoder`` (or
+Ray actors, ``ray``) and are cached under ``cache_dir`` (keyed by teacher graph and corpus
+checksums). Under ``torchrun`` every process trains (DDP), rank 0 alone computes the teacher
+vectors (the others receive them) and writes the outputs. Training batches
 group sentences of similar token length (random batches pad each sentence to the longest one).
 """
 
@@ -47,6 +49,7 @@ class ShrinkConfig:
     resume: bool = False
     export: bool = True
     progress: bool = True
+    ray: str | None = None  # teacher vectors on Ray: "local" or a cluster's address (fastemb[ray])
 
     def __post_init__(self) -> None:
         """Refuse bad arguments when the config is made: before anything is loaded or written."""
@@ -91,6 +94,7 @@ def shrink(cfg: ShrinkConfig, log: Callable[[str], None] = print) -> dict:
     """Train the student (see the module docstring); returns paths and the trainer's summary."""
     import random
 
+    from distill.collective import on_rank0, rank_and_world
     from distill.evaluation import evaluator
     from distill.model import SentenceEncoder
     from distill.objectives.base import Example
@@ -127,8 +131,11 @@ def shrink(cfg: ShrinkConfig, log: Callable[[str], None] = print) -> dict:
     sentences = read_corpus(cfg.corpus or CORPUS)
     if cfg.max_sentences:
         sentences = sentences[: cfg.max_sentences]
-    bundle = teacher_bundle(teacher_dir, cfg.cache_dir, log)
-    targets = teacher_vectors(bundle, sentences, Path(cfg.cache_dir) / "vectors", log=log)
+    if rank_and_world()[0] != 0:  # under torchrun, one process reports
+        log = _quiet
+    # under torchrun, rank 0 exports the teacher and computes (or loads) the vectors; all get them
+    targets = on_rank0(lambda: teacher_vectors(teacher_bundle(teacher_dir, cfg.cache_dir, log), sentences,
+                                               Path(cfg.cache_dir) / "vectors", log=log, ray_address=cfg.ray))
     examples = [Example((s,), i) for i, s in enumerate(sentences)]
     random.Random(cfg.seed).shuffle(examples)
     objective = DistillationLoss(student, targets, cfg.loss)
@@ -137,7 +144,7 @@ def shrink(cfg: ShrinkConfig, log: Callable[[str], None] = print) -> dict:
     summary = train(objective, examples, train_cfg, evaluator("dev"),
                     lengths=token_lengths(teacher_dir / "tokenizer.json", [e.texts[0] for e in examples]))
     result = {"model": str(out / "train" / "best"), "summary": summary}
-    if cfg.export:
+    if cfg.export and rank_and_world()[0] == 0:  # under torchrun: one set of bundles
         from fastemb.export import export
 
         for precision in ("fp32", "int8"):
@@ -159,3 +166,7 @@ def token_lengths(tokenizer_file: Path, texts: list[str]) -> list[int]:
     tok.no_padding()
     tok.no_truncation()
     return [len(e.ids) for e in tok.encode_batch(texts)]
+
+
+def _quiet(message: str) -> None:
+    """The log of torchrun's ranks other than 0."""

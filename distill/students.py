@@ -80,7 +80,9 @@ def read_corpus(path: str | Path = CORPUS) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"corpus not found: {path}")
-    sentences = [s for s in path.read_text(encoding="utf-8").splitlines() if s.strip()]
+    # one sentence per \n-terminated line (str.splitlines would also split at form feeds, U+2028, ...)
+    lines = (s.removesuffix("\r") for s in path.read_text(encoding="utf-8").split("\n"))
+    sentences = [s for s in lines if s.strip()]
     if not sentences:
         raise ValueError(f"{path}: the corpus is empty")
     return sentences
@@ -95,16 +97,20 @@ def _sha256_text(lines: list[str]) -> str:
 
 
 def teacher_vectors(bundle: str | Path, sentences: list[str], cache_dir: str | Path,
-                    batch_size: int = 64, log=print) -> np.ndarray:
-    """The teacher bundle's vectors of ``sentences``, computed once with ``fastemb.Encoder``.
+                    batch_size: int = 64, log=print, ray_address: str | None = None) -> np.ndarray:
+    """The teacher bundle's vectors of ``sentences``, computed once with ``fastemb.Encoder``, or
+    with ``ray_address`` by Ray actors (``fastemb.ray``; ``"local"`` or a cluster's address).
 
     Cached as ``<cache_dir>/<teacher>-<corpus>.npy`` with a JSON sidecar holding the array's
-    sha256: a corrupt or truncated cache is detected, reported and rebuilt.
+    sha256 (the same files either way): a corrupt or truncated cache is detected, reported and
+    rebuilt.
     """
     from fastemb import Encoder
     from fastemb._io import atomic_write_bytes, sha256_file
     from fastemb.bundle import Bundle
 
+    if ray_address is not None:
+        import fastemb.ray  # noqa: F401 - without Ray, say so (ImportError naming the extra) first
     b = Bundle(bundle)
     teacher_key = b.manifest.files[b.manifest.graphs["encoder"]][:16]
     key = f"{teacher_key}-{_sha256_text(sentences)[:16]}"
@@ -121,13 +127,32 @@ def teacher_vectors(bundle: str | Path, sentences: list[str], cache_dir: str | P
             log(f"teacher vectors: cache {npy} is corrupt (checksum or shape mismatch); rebuilding")
         except (OSError, ValueError) as e:
             log(f"teacher vectors: cache {npy} unreadable ({e}); rebuilding")
-    log(f"teacher vectors: encoding {len(sentences)} sentences with {b.dir}")
-    vectors = Encoder(b.dir).encode(sentences, batch_size=batch_size, show_progress=True)
-    import io
+    log(f"teacher vectors: encoding {len(sentences)} sentences with {b.dir}"
+        + (f" on Ray ({ray_address})" if ray_address else ""))
+    if ray_address is None:
+        vectors = Encoder(b.dir).encode(sentences, batch_size=batch_size, show_progress=True)
+        import io
 
-    buf = io.BytesIO()
-    np.save(buf, vectors)
-    atomic_write_bytes(npy, buf.getvalue())
+        buf = io.BytesIO()
+        np.save(buf, vectors)
+        atomic_write_bytes(npy, buf.getvalue())
+    else:
+        vectors = _teacher_vectors_on_ray(b, sentences, npy, batch_size, ray_address)
     write_json(meta, {"sha256": sha256_file(npy), "teacher": str(b.dir), "sentences": len(sentences),
                       "dim": int(b.manifest.dim)})
     return vectors
+
+
+def _teacher_vectors_on_ray(b, sentences: list[str], npy: Path, batch_size: int, address: str) -> np.ndarray:
+    """Stream Ray's vectors into ``npy`` (the driver never holds them twice) and load it."""
+    from fastemb.bulk import write_rows
+    from fastemb.ray import encode_texts
+
+    report = write_rows(npy, int(b.manifest.dim), encode_texts(b.dir, sentences, address=address,
+                                                               batch_size=batch_size),
+                        fmt="sentences", total=len(sentences))
+    if report.failed:
+        npy.unlink()
+        raise ValueError(f"teacher vectors: {report.failed} sentence(s) could not be encoded, e.g. "
+                         f"{'; '.join(report.first_failures[:3])}")
+    return np.load(npy)
