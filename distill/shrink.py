@@ -7,8 +7,14 @@ Layout of ``out``::
     bundle-int8/    the same, dynamic int8 (SmoothQuant)
 
 Teacher vectors for the corpus come from the teacher's fp32 bundle through ``fastemb.Encoder`` and
-are cached under ``cache_dir`` (keyed by teacher graph and corpus checksums). Training batches
-group sentences of similar token length (random batches pad each sentence to the longest one).
+are cached under ``cache_dir`` (keyed by teacher graph and corpus checksums; written in chunks, so a
+large corpus resumes and never sits in memory whole). Training batches group sentences of similar
+token length (random batches pad each sentence to the longest one).
+
+The student starts from the teacher, or from another model (``init``: its embeddings, layers and
+tokenizer). When its dimension differs from the teacher's, ``head="projection"`` adds a linear
+head to the teacher's dimension (least-squares initialized) and ``head="pca"`` reduces the
+teacher's vectors to the student's dimension instead.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 STUDENTS = ("tinybert", "textcnn")
+HEADS = ("projection", "pca")
 
 
 @dataclass
@@ -44,6 +51,8 @@ class ShrinkConfig:
     resume: bool = False
     export: bool = True
     progress: bool = True
+    init: str | None = None  # initialize the student from this model (default: the teacher)
+    head: Literal["projection", "pca"] = "projection"  # when student and teacher dimensions differ
 
 
 def teacher_bundle(teacher: str | Path, cache_dir: str | Path, log: Callable[[str], None] = print) -> Path:
@@ -72,38 +81,63 @@ def shrink(cfg: ShrinkConfig, log: Callable[[str], None] = print) -> dict:
     from distill.objectives.distillation import DistillationLoss
     from distill.students import (
         CORPUS,
+        fit_projection,
+        sha256_lines,
+        pca_targets,
         read_corpus,
         teacher_vectors,
         textcnn_from_teacher,
         tinybert_from_teacher,
     )
     from distill.trainer import TrainConfig, train
+    from fastemb.bundle import Bundle
 
     if cfg.student not in STUDENTS:
         raise ValueError(f"unknown student {cfg.student!r}; choose one of {', '.join(STUDENTS)}")
+    if cfg.head not in HEADS:
+        raise ValueError(f"unknown head {cfg.head!r}; choose one of {', '.join(HEADS)}")
     teacher_dir = Path(cfg.teacher)
     if not teacher_dir.is_dir():
         raise FileNotFoundError(f"teacher directory not found: {teacher_dir}")
+    init_dir = Path(cfg.init) if cfg.init else teacher_dir
+    if not init_dir.is_dir():
+        raise FileNotFoundError(f"init model directory not found: {init_dir}")
     out = Path(cfg.out)
     if out.exists() and any(out.iterdir()) and not (cfg.overwrite or cfg.resume):
         raise FileExistsError(f"output directory {out} exists; pass --overwrite to replace it or --resume to continue")
     try:
-        teacher = SentenceEncoder.from_pretrained(teacher_dir, max_length=cfg.max_length)
+        source = SentenceEncoder.from_pretrained(init_dir, max_length=cfg.max_length)
     except ValueError as e:
-        raise ValueError(f"{teacher_dir} is not a supported teacher encoder: {e}") from None
+        what = "teacher" if init_dir == teacher_dir else "init model"
+        raise ValueError(f"{init_dir} is not a supported {what} encoder: {e}") from None
+    if init_dir == teacher_dir:
+        teacher_dim = source.dim
+    else:
+        teacher_dim = Bundle(teacher_bundle(teacher_dir, cfg.cache_dir, log)).manifest.dim
+    own_dim = teacher_dim if init_dir == teacher_dir else source.dim
+    target_dim = own_dim if cfg.head == "pca" else teacher_dim
     if cfg.student == "tinybert":
-        student = tinybert_from_teacher(teacher, cfg.layers, cfg.hidden_size)
+        student = tinybert_from_teacher(source, cfg.layers, cfg.hidden_size)
         lr = cfg.lr or 1e-4
     else:
-        student = textcnn_from_teacher(teacher_dir, out_dim=teacher.dim, max_length=cfg.max_length)
+        student = textcnn_from_teacher(init_dir, out_dim=target_dim, max_length=cfg.max_length)
         lr = cfg.lr or 2e-3
-    del teacher
+    del source
 
     sentences = read_corpus(cfg.corpus or CORPUS)
-    if cfg.max_sentences:
-        sentences = sentences[: cfg.max_sentences]
+    n = min(cfg.max_sentences, len(sentences)) if cfg.max_sentences else None
     bundle = teacher_bundle(teacher_dir, cfg.cache_dir, log)
-    targets = teacher_vectors(bundle, sentences, Path(cfg.cache_dir) / "vectors", log=log)
+    vectors_dir = Path(cfg.cache_dir) / "vectors"
+    targets = teacher_vectors(bundle, sentences, vectors_dir, log=log, rows=n)
+    sentences = sentences[:n]
+    if cfg.head == "pca" and target_dim < teacher_dim:
+        b = Bundle(bundle)
+        key = f"{b.manifest.files[b.manifest.graphs['encoder']][:16]}-{sha256_lines(sentences)[:16]}-pca{target_dim}"
+        targets = pca_targets(targets, target_dim, vectors_dir / f"{key}.npy", log=log)
+    if getattr(student, "dim", target_dim) != target_dim:  # a tiny-BERT of another model: add the head
+        sample = min(len(sentences), 4096)
+        fit_projection(student, sentences[:sample], targets[:sample])
+        log(f"projection head {student.whitening.in_features} -> {target_dim}, least squares on {sample} sentences")
     examples = [Example((s,), i) for i, s in enumerate(sentences)]
     random.Random(cfg.seed).shuffle(examples)
     objective = DistillationLoss(student, targets, cfg.loss)
@@ -113,7 +147,7 @@ def shrink(cfg: ShrinkConfig, log: Callable[[str], None] = print) -> dict:
     log(f"distilling a {cfg.student} student ({sum(p.numel() for p in student.parameters()) / 1e6:.1f}M parameters) "
         f"on {len(sentences)} sentences, {cfg.loss} loss")
     summary = train(objective, examples, train_cfg, evaluator("dev"),
-                    lengths=token_lengths(teacher_dir / "tokenizer.json", [e.texts[0] for e in examples]))
+                    lengths=token_lengths(init_dir / "tokenizer.json", [e.texts[0] for e in examples]))
     result = {"model": str(out / "train" / "best"), "summary": summary}
     if cfg.export:
         from fastemb.export import export
