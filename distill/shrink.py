@@ -82,9 +82,9 @@ def shrink(cfg: ShrinkConfig, log: Callable[[str], None] = print) -> dict:
     from distill.students import (
         CORPUS,
         fit_projection,
-        sha256_lines,
         pca_targets,
         read_corpus,
+        sha256_lines,
         teacher_vectors,
         textcnn_from_teacher,
         tinybert_from_teacher,
@@ -149,6 +149,11 @@ def shrink(cfg: ShrinkConfig, log: Callable[[str], None] = print) -> dict:
     summary = train(objective, examples, train_cfg, evaluator("dev"),
                     lengths=token_lengths(init_dir / "tokenizer.json", [e.texts[0] for e in examples]))
     result = {"model": str(out / "train" / "best"), "summary": summary}
+    from dataclasses import asdict
+
+    from distill.io import write_json
+
+    write_json(out / "shrink.json", {**asdict(cfg), "sentences": len(sentences), "target_dim": target_dim})
     if cfg.export:
         from fastemb.export import export
 

@@ -241,7 +241,7 @@ def _load_checked(npy: Path, shape: tuple[int, int], log=print) -> np.ndarray | 
 
 
 def write_rows_chunked(npy: Path, shape: tuple[int, int], rows, chunk: int, info: dict,
-                       log=print, stop_at: int | None = None) -> np.ndarray:
+                       log=print, stop_at: int | None = None, poll: float = 10.0) -> np.ndarray:
     """Fill ``npy`` (float32 ``shape``) with ``rows(start, stop)`` chunk by chunk, resumably.
 
     Rows go into ``<npy>.partial.npy`` (a memory map); after each chunk is flushed,
@@ -253,6 +253,7 @@ def write_rows_chunked(npy: Path, shape: tuple[int, int], rows, chunk: int, info
     """
     import fcntl
     import os
+    import time
 
     from tqdm.auto import tqdm
 
@@ -265,14 +266,19 @@ def write_rows_chunked(npy: Path, shape: tuple[int, int], rows, chunk: int, info
     target = shape[0] if stop_at is None else stop_at
     npy.parent.mkdir(parents=True, exist_ok=True)
     part, progress = npy.with_suffix(".partial.npy"), npy.with_suffix(".partial.json")
-    if stop_at is not None and _rows_done(part, progress, shape, quiet=True) >= stop_at:
-        return np.load(part, mmap_mode="r")[:stop_at]  # rows another run (maybe still going) wrote
     with open(npy.with_suffix(".lock"), "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log(f"waiting for another process writing {npy.name}")
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        waiting = False
+        while True:  # another process may be writing this file: wait for it, or for the rows we need
+            if stop_at is not None and _rows_done(part, progress, shape, quiet=True) >= stop_at:
+                return np.load(part, mmap_mode="r")[:stop_at]
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not waiting:
+                    log(f"waiting for another process writing {npy.name}")
+                    waiting = True
+                time.sleep(poll)
         if (done_file := _load_checked(npy, shape, log)) is not None:  # finished while we waited
             return done_file[:stop_at]
         done = _rows_done(part, progress, shape, log)
