@@ -35,13 +35,10 @@ def cpu_times() -> tuple[int, int]:
 
 
 def student_label(name: str) -> str:
-    m = re.match(r"(l\d+|textcnn)-?([a-z]*)-(\w+)$", name)
-    if not m:
-        return name
-    kind, head, size = m.groups()
-    size = "all" if size == "all" else f"{int(size) // 1000}k"
-    arch = f"tiny-BERT L{kind[1:]}" if kind.startswith("l") else "TextCNN"
-    return f"{arch} {head or '768'} {size}".replace("  ", " ")
+    """``l3-projection-60k`` -> ``tiny-BERT L3 projection 60k`` (run names: scripts/distill_mpnet.sh)."""
+    arch, _, rest = name.partition("-")
+    arch = f"tiny-BERT L{arch[1:]}" if re.fullmatch(r"l\d+", arch) else "TextCNN" if arch == "textcnn" else arch
+    return f"{arch} {rest.replace('-', ' ')}"
 
 
 def corpus_size(run: Path) -> int:

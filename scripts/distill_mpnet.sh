@@ -9,18 +9,20 @@
 # teacher vectors resume at their last finished chunk of 8,192 sentences, a student resumes from
 # its last checkpoint (shrink --resume), and finished students (both bundles present) are skipped.
 #
-# Runs (OUT/<name>, each `python -m distill shrink` with the teacher's vectors as targets):
-#   l3-projection-60k  3 layers (all-MiniLM-L6-v2's 0, 2, 5), projection head 384 -> 768
-#   l3-pca-60k         3 layers, the teacher's vectors PCA-reduced to 384 (no head)
-#   l4-HEAD-60k        4 layers (0, 2, 3, 5), the better head of the two above (STS-B dev)
-#   textcnn-60k        TextCNN (MiniLM's tokenizer and PCA'd word embeddings), 768-d output
-#   l3-HEAD-N          the 3-layer student on the first N sentences, N in SIZES (corpus-size curve)
+# A run is named ARCH-HEAD-SIZE (OUT/<name>, one `python -m distill shrink`):
+#   ARCH  l3 | l4       tiny-BERT with all-MiniLM-L6-v2's embeddings and layers 0, 2, 5 | 0, 2, 3, 5
+#         textcnn       MiniLM's tokenizer and PCA'd word embeddings, convolutions of widths 1-3
+#   HEAD  projection    a linear head to the teacher's 768 dimensions (least-squares initialized)
+#         pca           the teacher's vectors PCA-reduced to the student's 384 dimensions
+#   SIZE  Nk | all      the first N thousand sentences of the corpus, or all of it
+# The full recipe: l3-projection-A and l3-pca-A (A = A_SIZE), then with the better head by STS-B dev
+# (HEAD=... skips the choice) textcnn-HEAD-A, l4-HEAD-A and the corpus-size curve l3-HEAD-SIZE for
+# SIZE in SIZES, then the bench.
 #
-# Knobs (environment): OUT (runs/mpnet), STEPS (tiny-BERT steps, 2000), CNN_STEPS (4000),
-# SIZES ("250000 all": the larger corpora of the curve, "all" = the whole corpus), HEAD (skip the
-# choice: projection or pca), ROUNDS (speed rounds in the bench, 2), PYTHON (python).
-# Long steps run under `nice -n 19`; the bench takes /tmp/fastemb-cpu.lock so timings are not
-# disturbed by other jobs of the same convention.
+# Knobs (environment): OUT (runs/mpnet), A_SIZE (60k), SIZES ("250k all"), STEPS (tiny-BERT steps
+# per run, the same at every size: 2000), CNN_STEPS (4000), HEAD, ROUNDS (speed rounds, 2),
+# PYTHON (python). Training runs under `nice -n 19`; the bench takes /tmp/fastemb-cpu.lock so its
+# timings are not disturbed by other jobs of the same convention.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -28,7 +30,8 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 OUT=${OUT:-runs/mpnet}
 STEPS=${STEPS:-2000}
 CNN_STEPS=${CNN_STEPS:-4000}
-SIZES=${SIZES:-250000 all}
+A_SIZE=${A_SIZE:-60k}
+SIZES=${SIZES:-250k all}
 ROUNDS=${ROUNDS:-2}
 PY=${PYTHON:-python}
 CACHE=.cache/distill
@@ -55,48 +58,46 @@ shrink() {
     local t0=$SECONDS
     nice -n 19 "$PY" -m distill shrink --teacher "$TEACHER" --init "$MINILM" --corpus "$CORPUS" \
         --cache-dir "$CACHE" --batch-size 64 --out "$dir" $mode "$@" 2>&1 | tee -a "$OUT/$name.log"
-    echo "$name: $((SECONDS - t0)) s" >>"$OUT/times.txt"
+    echo "$name: $((SECONDS - t0)) s ($mode)" >>"$OUT/times.txt"
 }
 
-# the better head by STS-B dev (best evaluation in training), once both 3-layer runs are done
+# the better head by STS-B dev (best evaluation in training) of the two 3-layer runs at A_SIZE
 best_head() {
-    if [[ -n ${HEAD:-} ]]; then echo "$HEAD"; return; fi
-    "$PY" - "$OUT" <<'EOF'
+    if [[ -n ${HEAD:-} ]]; then
+        echo "$HEAD"
+        return
+    fi
+    "$PY" - "$OUT" "$A_SIZE" <<'PYEOF'
 import json, sys
 from pathlib import Path
 best = {}
 for head in ("projection", "pca"):
-    log = Path(sys.argv[1]) / f"l3-{head}-60k" / "train" / "log.json"
+    log = Path(sys.argv[1]) / f"l3-{head}-{sys.argv[2]}" / "train" / "log.json"
     if log.is_file():
         best[head] = max((r["eval"] for r in json.loads(log.read_text())["records"] if "eval" in r), default=-1)
 print(max(best, key=best.get) if len(best) == 2 else "projection")
-EOF
+PYEOF
 }
 
-size_args() {  # --max-sentences for a size ("all": the whole corpus)
-    [[ $1 == all ]] || echo "--max-sentences $1"
-}
-
-run() {
-    local eval_every=$((STEPS / 4))
-    case $1 in
-    l3-projection-60k | l3-pca-60k)
-        local head=${1#l3-}
-        shrink "$1" --layers 3 --head "${head%-60k}" --max-sentences 60000 --max-steps "$STEPS" --eval-every "$eval_every" ;;
-    l4-*-60k)
-        shrink "l4-$(best_head)-60k" --layers 4 --head "$(best_head)" --max-sentences 60000 --max-steps "$STEPS" \
-            --eval-every "$eval_every" ;;
-    textcnn-60k)
-        shrink textcnn-60k --student textcnn --max-sentences 60000 --max-steps "$CNN_STEPS" --eval-every $((CNN_STEPS / 4)) ;;
-    l3-*-*)
-        local n=${1##*-}
-        # shellcheck disable=SC2046
-        shrink "l3-$(best_head)-$n" --layers 3 --head "$(best_head)" $(size_args "$n") --max-steps "$STEPS" \
-            --eval-every "$eval_every" ;;
-    *)
-        echo "unknown run $1" >&2
-        exit 2 ;;
+run() { # run NAME: see "A run is named" above
+    local arch head size
+    IFS=- read -r arch head size <<<"$1"
+    local args=(--head "$head")
+    case $size in
+    all) ;;
+    *k) args+=(--max-sentences "${size%k}000") ;;
+    *) echo "bad size in run name $1 (Nk or all)" >&2 && exit 2 ;;
     esac
+    case $arch in
+    l3 | l4) args+=(--layers "${arch#l}" --max-steps "$STEPS" --eval-every $((STEPS / 4))) ;;
+    textcnn) args+=(--student textcnn --max-steps "$CNN_STEPS" --eval-every $((CNN_STEPS / 4))) ;;
+    *) echo "bad architecture in run name $1 (l3, l4 or textcnn)" >&2 && exit 2 ;;
+    esac
+    if [[ $head != projection && $head != pca ]]; then
+        echo "bad head in run name $1 (projection or pca)" >&2
+        exit 2
+    fi
+    shrink "$1" "${args[@]}"
 }
 
 if [[ $# -gt 0 ]]; then
@@ -104,6 +105,11 @@ if [[ $# -gt 0 ]]; then
     exit 0
 fi
 
-for r in l3-projection-60k l3-pca-60k textcnn-60k l4-best-60k; do run "$r"; done
-for n in $SIZES; do run "l3-$(best_head)-$n"; done
-flock /tmp/fastemb-cpu.lock "$PY" bench/mpnet.py --runs "$OUT" --rounds "$ROUNDS" --head "$(best_head)"
+run "l3-projection-$A_SIZE"
+run "l3-pca-$A_SIZE"
+HEAD=$(best_head)
+echo "head: $HEAD"
+run "textcnn-$HEAD-$A_SIZE"
+run "l4-$HEAD-$A_SIZE"
+for n in $SIZES; do run "l3-$HEAD-$n"; done
+flock /tmp/fastemb-cpu.lock "$PY" bench/mpnet.py --runs "$OUT" --rounds "$ROUNDS" --head "$HEAD"
