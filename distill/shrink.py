@@ -12,9 +12,9 @@ large corpus resumes and never sits in memory whole). Training batches group sen
 token length (random batches pad each sentence to the longest one).
 
 The student starts from the teacher, or from another model (``init``: its embeddings, layers and
-tokenizer). When its dimension differs from the teacher's, ``head="projection"`` adds a linear
-head to the teacher's dimension (least-squares initialized) and ``head="pca"`` reduces the
-teacher's vectors to the student's dimension instead.
+tokenizer); a linear head, initialized by ridge least squares, then maps its vectors to the
+targets: the teacher's vectors (``head="projection"``), or those PCA-reduced to the student's own
+dimension (``head="pca"``: smaller vectors, the same cost).
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ def shrink(cfg: ShrinkConfig, log: Callable[[str], None] = print) -> dict:
         b = Bundle(bundle)
         key = f"{b.manifest.files[b.manifest.graphs['encoder']][:16]}-{sha256_lines(sentences)[:16]}-pca{target_dim}"
         targets = pca_targets(targets, target_dim, vectors_dir / f"{key}.npy", log=log)
-    if getattr(student, "dim", target_dim) != target_dim:  # a tiny-BERT of another model: add the head
+    if cfg.student == "tinybert" and init_dir != teacher_dir:  # another model's space: map it to the targets
         sample = min(len(sentences), 4096)
         fit_projection(student, sentences[:sample], targets[:sample])
         log(f"projection head {student.whitening.in_features} -> {target_dim}, least squares on {sample} sentences")

@@ -66,13 +66,18 @@ def tinybert_from_teacher(teacher, layers: int, hidden_size: int | None = None):
     return enc
 
 
-def fit_projection(student, sentences: list[str], targets: np.ndarray, batch_size: int = 64):
-    """Attach a linear head mapping the student's pooled vectors to the teacher's dimension (in place).
+def fit_projection(student, sentences: list[str], targets: np.ndarray, batch_size: int = 64,
+                   ridge: float = 0.1):
+    """Attach a linear head mapping the student's pooled vectors to the target space (in place).
 
-    The head is the least-squares fit of ``targets`` [n, d_teacher] from the student's pooled
-    vectors of ``sentences``: training starts from the best linear map between the two spaces
-    instead of a random one (a student initialized from another model speaks another space).
-    It is saved like whitening, as a sentence-transformers Dense module before Normalize.
+    The head is the ridge-regularized least-squares fit of ``targets`` [n, d_target] from the
+    student's pooled vectors of ``sentences`` (centered; penalty ``ridge`` x the mean eigenvalue of
+    their covariance): training starts from the best linear map between the two spaces instead of
+    a random one, since a student initialized from another model speaks another space. The penalty
+    matters: pooled vectors are nearly rank-deficient (condition number ~1e19 for a 3-layer
+    MiniLM), a plain fit has weights of ~1e3 or more that cancel each other, and the first optimizer
+    step through them sends every sentence to the same vector. Saved like whitening, as a
+    sentence-transformers Dense module before Normalize.
     """
     import torch
     from torch import nn
@@ -87,12 +92,14 @@ def fit_projection(student, sentences: list[str], targets: np.ndarray, batch_siz
         x = student.encode(sentences, batch_size=batch_size).astype(np.float64)
     finally:
         student.normalize = normalize
-    x1 = np.hstack([x, np.ones((len(x), 1))])
-    coef, *_ = np.linalg.lstsq(x1, targets, rcond=None)  # [d_student + 1, d_teacher]
+    mx, my = x.mean(axis=0), targets.mean(axis=0)
+    gram = (x - mx).T @ (x - mx)
+    penalty = ridge * np.trace(gram) / len(gram)
+    w = np.linalg.solve(gram + penalty * np.eye(len(gram)), (x - mx).T @ (targets - my))  # [d_student, d_target]
     head = nn.Linear(x.shape[1], targets.shape[1])
     with torch.no_grad():
-        head.weight.copy_(torch.from_numpy(coef[:-1].T.astype(np.float32)))
-        head.bias.copy_(torch.from_numpy(coef[-1].astype(np.float32)))
+        head.weight.copy_(torch.from_numpy(w.T.astype(np.float32)))
+        head.bias.copy_(torch.from_numpy((my - mx @ w).astype(np.float32)))
     student.whitening = head
     return student
 
