@@ -57,6 +57,7 @@ def main() -> None:
     ap.add_argument("--runs", default=str(ROOT / "runs" / "mpnet"))
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--head", default="projection", help="the head of the corpus-size curve's runs")
+    ap.add_argument("--note", default="", help="a line to print above the table (how this run was made)")
     args = ap.parse_args()
 
     from distill.main_job import plot_tradeoff
@@ -98,7 +99,7 @@ def main() -> None:
                      "stsb_test": round(evaluate_vectors(test, vectors[name]), 2),
                      "sentences_per_s": round(best[name], 1), "vs_minilm_fp32": round(best[name] / ref, 2),
                      "dim": int(vectors[name].shape[1])})
-    body = table(["model", "STS-B dev", "STS-B test", "sentences/s", "vs MiniLM fp32 bundle", "dim"],
+    body = (f"{args.note}\n\n" if args.note else "") + table(["model", "STS-B dev", "STS-B test", "sentences/s", "vs MiniLM fp32 bundle", "dim"],
                  [[r["model"], "-" if r["stsb_dev"] is None else f"{r['stsb_dev']:.2f}", f"{r['stsb_test']:.2f}",
                    f"{r['sentences_per_s']:.0f}", f"{r['vs_minilm_fp32']:.2f}x", r["dim"]] for r in rows])
 
