@@ -231,6 +231,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--hidden-size", type=int, help="tiny-BERT width (smaller: random init + projection)"
     )
+    s.add_argument(
+        "--init",
+        metavar="DIR",
+        help="initialize the student from this model (embeddings, layers, tokenizer) instead of the teacher",
+    )
+    s.add_argument(
+        "--head",
+        choices=["projection", "pca"],
+        default="projection",
+        help="when student and teacher dimensions differ: a linear head to the teacher's dimension, "
+        "or the teacher's vectors reduced by PCA to the student's",
+    )
     s.add_argument("--loss", choices=["mse", "cosine", "similarity"], default="mse")
     s.add_argument(
         "--corpus", metavar="FILE", help="one sentence per line (default: the shipped corpus)"
