@@ -77,16 +77,17 @@ def test_shrink_under_torchrun_two_ranks(tmp_path: Path) -> None:
     assert not torch.equal(r0["backbone.embeddings.word_embeddings.weight"], teacher_words), "nothing trained"
 
     # rank 0 computed the teacher vectors once and cached them; rank 1 received the same array
-    assert log.count("teacher vectors: encoding 80 sentences") == 1, log[-4000:]
+    assert log.count("teacher vectors: 80 of 80 sentences") == 1, log[-4000:]
     (npy,) = (cache / "vectors").glob("*.npy")
-    assert len(list((cache / "vectors").iterdir())) == 2  # the array and its sidecar, no debris
+    # the array, its sidecar and the writers' lock file: no partial file left
+    assert sorted(p.suffix for p in (cache / "vectors").iterdir()) == [".json", ".lock", ".npy"]
     cached = np.load(npy)
     assert cached.shape == (80, 32)
     np.testing.assert_array_equal(r0["teacher_vectors"].numpy(), cached)
     np.testing.assert_array_equal(r1["teacher_vectors"].numpy(), cached)
 
     # one set of outputs, written by rank 0
-    assert sorted(p.name for p in out.iterdir()) == ["bundle-fp32", "bundle-int8", "train"]
+    assert sorted(p.name for p in out.iterdir()) == ["bundle-fp32", "bundle-int8", "shrink.json", "train"]
     assert sorted(p.name for p in (out / "train").iterdir()) == ["best", "last", "log.json", "train.png"]
     assert json.loads((out / "train" / "log.json").read_text())["world_size"] == 2
     assert len(list((cache / "teachers").iterdir())) == 1
