@@ -2,7 +2,7 @@
 
     python scripts/build_mpnet_corpus.py [--out .cache/mpnet/corpus] [--debs .cache/mpnet/debs]
 
-Order: the shipped corpus first (distill/resources/corpus, 63,652 sentences, its own order), then
+Order: the shipped corpus first (distill/resources/corpus, 63,319 sentences, its own order), then
 the new sentences in a seeded shuffle, so every prefix (60k, 250k, ...) is a corpus of its own
 and each larger one contains the smaller ones. New sentences, from Debian packages fetched with
 `apt-get download` (a build step; nothing downloads at run time):
@@ -28,15 +28,11 @@ import re
 import subprocess
 from pathlib import Path
 
-from distill.sts import load_stsb
+from distill.sts import held_out_keys, sentence_key
 from distill.students import CORPUS, read_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {"wordnet-base": "WordNet 3.0 license (Princeton University)", "dict-gcide": "GPL-2+ (GCIDE)"}
-
-
-def norm(s: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "", s.lower())
 
 
 def unpack(package: str, debs: Path) -> Path:
@@ -101,10 +97,7 @@ def main() -> None:
     ap.add_argument("--debs", default=str(ROOT / ".cache/mpnet/debs"))
     args = ap.parse_args()
     out_dir, debs = Path(args.out), Path(args.debs)
-    held_out = set()
-    for split in ("dev", "test"):
-        p = load_stsb(split)
-        held_out.update(norm(s) for s in p.sentences1 + p.sentences2)
+    held_out = held_out_keys()
     stats: dict[str, dict[str, int]] = {}
     seen: set[str] = set()
 
@@ -113,7 +106,7 @@ def main() -> None:
         kept = []
         for s in texts:
             s = s.strip()
-            k = norm(s)
+            k = sentence_key(s)
             if k in held_out:
                 st["sts_dev_test"] += 1
             elif filter_length and not (20 <= len(s) <= 300 and len(s.split()) >= 4):
