@@ -2,7 +2,7 @@
 
 Portable build: no -march flag. The AVX-512 kernels carry their instruction set in a
 ``#pragma GCC target`` and are chosen at run time (csrc/kernels.h), so one wheel runs on any
-x86-64 CPU and uses VNNI / BF16 where present.
+x86-64 CPU and uses VNNI / BF16 / VPOPCNTDQ where present. POSIX only (mmap, pread).
 """
 
 from __future__ import annotations
@@ -15,13 +15,31 @@ from setuptools import setup
 SOURCES = [
     "csrc/module.cpp",
     "csrc/index.cpp",
+    "csrc/search.cpp",
+    "csrc/format.cpp",
+    "csrc/codec.cpp",
+    "csrc/checks.cpp",
+    "csrc/buffer.cpp",
+    "csrc/idmap.cpp",
+    "csrc/system.cpp",
     "csrc/topk.cpp",
     "csrc/kernels_generic.cpp",
     "csrc/kernels_avx512_f32.cpp",
     "csrc/kernels_avx512_bf16.cpp",
     "csrc/kernels_avx512_i8.cpp",
+    "csrc/kernels_avx512_bin.cpp",
 ]
-HEADERS = ["csrc/index.h", "csrc/kernels.h", "csrc/scan_driver.h"]
+HEADERS = [
+    "csrc/index.h",
+    "csrc/codec.h",
+    "csrc/checks.h",
+    "csrc/buffer.h",
+    "csrc/idmap.h",
+    "csrc/system.h",
+    "csrc/topk.h",
+    "csrc/kernels.h",
+    "csrc/scan_driver.h",
+]
 
 here = Path(__file__).resolve().parent
 missing = [p for p in SOURCES + HEADERS if not (here / p).is_file()]

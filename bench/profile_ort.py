@@ -60,15 +60,25 @@ def main() -> None:
 
 
 def _dense_flops_per_token(path: Path) -> float:
-    """2 x K x N summed over MatMuls whose second input is a 2-D weight (the dense projections;
-    attention's Q.K and P.V products, which grow with length, are left out)."""
+    """2 x K x N summed over the dense projections: MatMuls whose second input is a 2-D weight (an
+    initializer, or its DequantizeLinear in a static int8 graph) and MatMulNBits (attributes K, N).
+    Attention's Q.K and P.V products, which grow with length, are left out."""
     import onnx
     from onnx import numpy_helper
 
     model = onnx.load(str(path))
     shapes = {t.name: numpy_helper.to_array(t).shape for t in model.graph.initializer}
-    return float(sum(2 * shapes[n.input[1]][0] * shapes[n.input[1]][1] for n in model.graph.node
-                     if n.op_type in ("MatMul", "MatMulInteger") and len(shapes.get(n.input[1], ())) == 2))
+    for n in model.graph.node:  # a dequantized weight has its initializer's shape
+        if n.op_type == "DequantizeLinear" and n.input[0] in shapes:
+            shapes[n.output[0]] = shapes[n.input[0]]
+    flops = 0
+    for n in model.graph.node:
+        if n.op_type in ("MatMul", "MatMulInteger") and len(shapes.get(n.input[1], ())) == 2:
+            flops += 2 * shapes[n.input[1]][0] * shapes[n.input[1]][1]
+        elif n.op_type == "MatMulNBits":
+            a = {x.name: x.i for x in n.attribute}
+            flops += 2 * a["K"] * a["N"]
+    return float(flops)
 
 
 if __name__ == "__main__":

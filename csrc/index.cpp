@@ -1,16 +1,15 @@
-// fastemb::Index and its Python binding (see index.h, kernels.h for the layout and kernels).
+// fastemb::Index: storage, add / remove / reset / reconstruct, and the Python binding (see
+// index.h; search in search.cpp, the file format in format.cpp).
 #include "index.h"
 
+#include <unistd.h>
+
 #include <algorithm>
-#include <atomic>
-#include <cmath>
+#include <cerrno>
 #include <cstring>
-#include <exception>
-#include <limits>
-#include <mutex>
-#include <sstream>
-#include <thread>
-#include <unordered_set>
+
+#include "checks.h"
+#include "system.h"
 
 namespace py = pybind11;
 
@@ -19,197 +18,131 @@ namespace fastemb {
 namespace {
 
 constexpr int64_t kMaxDim = 65536;  // keeps the int8 int32 accumulator exact (see kernels_avx512_i8)
-constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-template <class... T>
-std::string cat(const T&... parts) {
-    std::ostringstream s;
-    (s << ... << parts);
-    return s.str();
+Storage parse_storage(const std::string& s) {
+    if (s == "float32") return Storage::F32;
+    if (s == "bfloat16") return Storage::BF16;
+    if (s == "int8") return Storage::I8;
+    if (s == "binary") return Storage::Bin;
+    throw py::value_error(cat("storage must be 'float32', 'bfloat16', 'int8' or 'binary', got '", s, "'"));
 }
 
-// Refuses (never converts) anything but float32 C-contiguous [rows, dim], so the Python layer
-// decides the conversion policy in one place.
-Matrix check_matrix(const py::array& a, int64_t dim, const char* what) {
-    if (!py::dtype::of<float>().is(a.dtype()))
-        throw py::value_error(cat(what, " must be float32, got dtype ", std::string(py::str(a.dtype()))));
-    if (a.ndim() != 2) throw py::value_error(cat(what, " must be 2-D [n, ", dim, "], got ", a.ndim(), " dimensions"));
-    if (a.shape(1) != dim)
-        throw py::value_error(cat(what, " have dimension ", a.shape(1), ", the index has dimension ", dim));
-    if (!(a.flags() & py::array::c_style))
-        throw py::value_error(cat(what, " must be C-contiguous, got strides (", a.strides(0), ", ", a.strides(1), ")"));
-    return {static_cast<const float*>(a.data()), a.shape(0)};
+int64_t check_dim(int64_t dim) {
+    if (dim < 1 || dim > kMaxDim) throw py::value_error(cat("dim must be in [1, ", kMaxDim, "], got ", dim));
+    return dim;
 }
 
-// Copies rows into out, checking finiteness and norm; L2-normalizes when asked. Called without
-// the GIL; throws ValueError naming the first bad row.
-void prepare_rows(const Matrix& m, int64_t d, bool normalize, const char* what, float* out) {
-    // |q . x| <= |q| |x| < FLT_MAX when both norms are below sqrt(FLT_MAX): no score overflows.
-    const double max_norm = std::sqrt(static_cast<double>(std::numeric_limits<float>::max()));
-    for (int64_t i = 0; i < m.rows; ++i) {
-        const float* x = m.data + i * d;
-        double ss = 0.0;
-        for (int64_t j = 0; j < d; ++j) {
-            if (!std::isfinite(x[j])) throw py::value_error(cat(what, " row ", i, " column ", j, " is not finite (", x[j], ")"));
-            ss += static_cast<double>(x[j]) * x[j];
-        }
-        const double norm = std::sqrt(ss);
-        if (norm >= max_norm) throw py::value_error(cat(what, " row ", i, " has norm ", norm, ", above ", max_norm, " (scores would overflow float32)"));
-        float* o = out + i * d;
-        if (normalize) {
-            if (norm == 0.0) throw py::value_error(cat(what, " row ", i, " is all zeros: cosine similarity is undefined"));
-            for (int64_t j = 0; j < d; ++j) o[j] = static_cast<float>(x[j] / norm);
-        } else {
-            std::memcpy(o, x, sizeof(float) * d);
-        }
+// Reads exactly n bytes at `offset`; a short file or an I/O error is a RuntimeError.
+void pread_all(const Mapping& m, void* dst, size_t n, uint64_t offset) {
+    auto* p = static_cast<uint8_t*>(dst);
+    while (n > 0) {
+        const ssize_t got = ::pread(m.fd(), p, n, static_cast<off_t>(offset));
+        if (got < 0 && errno == EINTR) continue;
+        if (got <= 0)
+            throw std::runtime_error(cat(m.path(), ": read of ", n, " bytes at offset ", offset, " failed: ",
+                                         got < 0 ? std::strerror(errno) : "unexpected end of file"));
+        p += got;
+        n -= static_cast<size_t>(got);
+        offset += static_cast<uint64_t>(got);
     }
 }
 
-inline uint16_t to_bf16(float f) {  // round to nearest even; inputs are finite
-    uint32_t u;
-    std::memcpy(&u, &f, 4);
-    u += 0x7FFFu + ((u >> 16) & 1u);
-    return static_cast<uint16_t>(u >> 16);
+// Sorted copy, adjacent equal: one contiguous allocation (a hash set of a million ids would
+// leave megabytes of small blocks in the heap after a remove that is meant to give memory back).
+void check_unique(const std::vector<int64_t>& ids, const char* where) {
+    std::vector<int64_t> s(ids);
+    std::sort(s.begin(), s.end());
+    const auto dup = std::adjacent_find(s.begin(), s.end());
+    if (dup != s.end()) throw py::value_error(cat("duplicate id ", *dup, " ", where));
 }
-
-// Symmetric per-vector int8 quantization: codes in [-127, 127], x ~ codes * step.
-inline float quantize(const float* x, int64_t d, int8_t* codes) {
-    float amax = 0.0f;
-    for (int64_t j = 0; j < d; ++j) amax = std::max(amax, std::fabs(x[j]));
-    if (amax == 0.0f) {
-        std::memset(codes, 0, d);
-        return 0.0f;
-    }
-    const float inv = 127.0f / amax;
-    for (int64_t j = 0; j < d; ++j) {
-        const float c = std::nearbyint(x[j] * inv);
-        codes[j] = static_cast<int8_t>(std::clamp(c, -127.0f, 127.0f));
-    }
-    return amax / 127.0f;
-}
-
-std::vector<int64_t> check_ids(const py::array& a, const char* what) {
-    if (a.ndim() != 1) throw py::value_error(cat(what, " must be 1-D, got ", a.ndim(), " dimensions"));
-    if (!py::dtype::of<int64_t>().is(a.dtype()))
-        throw py::value_error(cat(what, " must be int64, got dtype ", std::string(py::str(a.dtype()))));
-    // Copy through a contiguous view: ids are small next to the vectors.
-    auto c = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(a);
-    return std::vector<int64_t>(c.data(), c.data() + c.size());
-}
-
-struct Entry {
-    float score;
-    int64_t id;
-    int64_t pos;
-};
-
-inline bool better(const Entry& a, const Entry& b) { return a.score > b.score || (a.score == b.score && a.id < b.id); }
 
 }  // namespace
 
-Index::Index(int64_t dim, const std::string& metric, const std::string& storage) : d_(dim) {
-    if (dim < 1 || dim > kMaxDim) throw py::value_error(cat("dim must be in [1, ", kMaxDim, "], got ", dim));
+Index::Index(int64_t dim, const std::string& metric, const std::string& storage, bool exact)
+    : codec_(check_dim(dim), parse_storage(storage)), exact_(exact) {
     if (metric == "cosine") metric_ = Metric::Cosine;
     else if (metric == "ip") metric_ = Metric::IP;
     else throw py::value_error(cat("metric must be 'cosine' or 'ip', got '", metric, "'"));
-    if (storage == "float32") storage_ = Storage::F32;
-    else if (storage == "bfloat16") storage_ = Storage::BF16;
-    else if (storage == "int8") storage_ = Storage::I8;
-    else throw py::value_error(cat("storage must be 'float32', 'bfloat16' or 'int8', got '", storage, "'"));
-    const int g = group();
-    dp_ = (d_ + g - 1) / g * g;
+    if (codec_.storage() == Storage::F32 && !exact)
+        throw py::value_error("storage 'float32' is always exact: exact=False needs 'bfloat16', 'int8' or 'binary'");
+    if (codec_.storage() == Storage::Bin && exact)
+        throw py::value_error("storage 'binary' has no error bound and cannot be exact: use 'int8' or 'bfloat16' for exact=True");
 }
 
 std::string Index::storage() const {
-    return storage_ == Storage::F32 ? "float32" : storage_ == Storage::BF16 ? "bfloat16" : "int8";
+    switch (codec_.storage()) {
+        case Storage::F32: return "float32";
+        case Storage::BF16: return "bfloat16";
+        case Storage::I8: return "int8";
+        case Storage::Bin: return "binary";
+    }
+    return "?";
 }
 
-size_t Index::offset(int64_t pos, int64_t j) const {
-    const int64_t g = group();
-    return static_cast<size_t>((pos / kLanes) * dp_ * kLanes + (j / g) * kLanes * g + (pos % kLanes) * g + j % g);
+void Index::check_writable(const char* what) const {
+    if (map_)
+        throw py::value_error(cat(what, "(): this index was loaded with mmap=True from ", map_->path(),
+                                  " and is read-only; Index.load(path) (mmap=False) gives a writable copy"));
 }
 
 void Index::grow(int64_t n) {
-    const size_t lanes = static_cast<size_t>((n + kLanes - 1) / kLanes * kLanes);
-    const size_t elems = lanes * static_cast<size_t>(dp_);
-    switch (storage_) {
-        case Storage::F32: if (f32_.size() < elems) f32_.resize(elems, 0.0f); break;
-        case Storage::BF16: if (bf16_.size() < elems) bf16_.resize(elems, 0); break;
-        case Storage::I8:
-            if (i8_.size() < elems) i8_.resize(elems, 0);
-            if (vscale_.size() < lanes) vscale_.resize(lanes, 0.0f);
-            if (vcorr_.size() < lanes) vcorr_.resize(lanes, 0);
-            break;
-    }
-    if (storage_ != Storage::F32 && rows_.size() < static_cast<size_t>(n * d_)) rows_.resize(static_cast<size_t>(n * d_));
+    const size_t panels = static_cast<size_t>((n + kLanes - 1) / kLanes);
+    panels_.resize(panels * codec_.panel_bytes());
+    meta_.resize(panels * codec_.meta_bytes());
+    if (has_rows()) rows_.resize(static_cast<size_t>(n * dim()) * 4);
+    if (has_records()) records_.resize(static_cast<size_t>(n) * codec_.record_bytes());
+    ids_.resize(static_cast<size_t>(n) * 8);
 }
 
-void Index::write(int64_t pos, const float* x) {
-    switch (storage_) {
-        case Storage::F32:
-            for (int64_t j = 0; j < d_; ++j) f32_[offset(pos, j)] = x[j];
-            return;
-        case Storage::BF16:
-            for (int64_t j = 0; j < d_; ++j) bf16_[offset(pos, j)] = to_bf16(x[j]);
-            break;
-        case Storage::I8: {
-            std::vector<int8_t> codes(d_);
-            vscale_[pos] = quantize(x, d_, codes.data());
-            int32_t sum = 0;
-            for (int64_t j = 0; j < d_; ++j) {
-                i8_[offset(pos, j)] = codes[j];
-                sum += codes[j];
-            }
-            vcorr_[pos] = 128 * sum;
-            break;
-        }
-    }
-    std::memcpy(rows_.data() + pos * d_, x, sizeof(float) * d_);
+void Index::shrink_to(int64_t n) { grow(n); }  // Buffer::resize shrinks and returns pages too
+
+const float* Index::row(int64_t pos, float* buf) const {
+    const size_t bytes = static_cast<size_t>(dim()) * 4;
+    if (rows_offset_ < 0) return rows_.as<float>() + pos * dim();
+    pread_all(*map_, buf, bytes, static_cast<uint64_t>(rows_offset_) + static_cast<uint64_t>(pos) * bytes);
+    disk_reads_.fetch_add(1, std::memory_order_relaxed);
+    return buf;
 }
 
-void Index::move(int64_t src, int64_t dst) {
-    for (int64_t j = 0; j < dp_; ++j) {
-        const size_t s = offset(src, j), t = offset(dst, j);
-        switch (storage_) {
-            case Storage::F32: f32_[t] = f32_[s]; break;
-            case Storage::BF16: bf16_[t] = bf16_[s]; break;
-            case Storage::I8: i8_[t] = i8_[s]; break;
-        }
-    }
-    if (storage_ == Storage::I8) {
-        vscale_[dst] = vscale_[src];
-        vcorr_[dst] = vcorr_[src];
-    }
-    if (storage_ != Storage::F32) std::memcpy(rows_.data() + dst * d_, rows_.data() + src * d_, sizeof(float) * d_);
-    ids_[dst] = ids_[src];
-    pos_[ids_[dst]] = dst;
+const uint8_t* Index::record(int64_t pos, uint8_t* buf) const {
+    const size_t bytes = codec_.record_bytes();
+    if (records_offset_ < 0) return records_.data() + pos * bytes;
+    pread_all(*map_, buf, bytes, static_cast<uint64_t>(records_offset_) + static_cast<uint64_t>(pos) * bytes);
+    disk_reads_.fetch_add(1, std::memory_order_relaxed);
+    return buf;
 }
 
-void Index::clear(int64_t pos) {  // padding lanes hold zeros, as after grow()
-    for (int64_t j = 0; j < dp_; ++j) {
-        const size_t t = offset(pos, j);
-        switch (storage_) {
-            case Storage::F32: f32_[t] = 0.0f; break;
-            case Storage::BF16: bf16_[t] = 0; break;
-            case Storage::I8: i8_[t] = 0; break;
-        }
+void Index::ensure_idmap() const {
+    std::lock_guard guard(idmap_mu_);
+    if (idmap_ready_) return;
+    IdMap map;
+    map.reserve(n_);
+    const int64_t* ids = idp();
+    for (int64_t pos = 0; pos < n_; ++pos) {
+        if (ids[pos] < 0 || ids[pos] > kMaxId) throw py::value_error(cat("corrupt index: stored id ", ids[pos], " at position ", pos, " is out of range"));
+        if (map.find(ids[pos]) >= 0) throw py::value_error(cat("corrupt index: id ", ids[pos], " is stored twice"));
+        map.put(ids[pos], pos);
     }
-    if (storage_ == Storage::I8) {
-        vscale_[pos] = 0.0f;
-        vcorr_[pos] = 0;
-    }
+    idmap_ = std::move(map);
+    idmap_ready_ = true;
 }
 
-void Index::read_row(int64_t pos, float* out) const {
-    if (storage_ == Storage::F32) {
-        for (int64_t j = 0; j < d_; ++j) out[j] = f32_[offset(pos, j)];
+void Index::decode(int64_t pos, float* out) const {
+    const int64_t d = dim();
+    if (has_rows()) {
+        std::vector<float> buf(static_cast<size_t>(d));
+        std::memcpy(out, row(pos, buf.data()), sizeof(float) * d);
+    } else if (has_records()) {
+        std::vector<uint8_t> buf(codec_.record_bytes());
+        codec_.decode_record(record(pos, buf.data()), out);
     } else {
-        std::memcpy(out, rows_.data() + pos * d_, sizeof(float) * d_);
+        codec_.decode_panel(panels_.data(), meta_.as<float>(), pos, out);
     }
 }
 
 py::array_t<int64_t> Index::add(const py::array& vectors, const py::object& ids, bool normalize) {
-    const Matrix m = check_matrix(vectors, d_, "vectors");
+    const int64_t d = dim();
+    const Matrix m = check_matrix(vectors, d, "vectors");
     std::vector<int64_t> new_ids;
     const bool explicit_ids = !ids.is_none();
     if (explicit_ids) {
@@ -219,32 +152,55 @@ py::array_t<int64_t> Index::add(const py::array& vectors, const py::object& ids,
     }
     {
         py::gil_scoped_release nogil;
-        std::vector<float> rows(static_cast<size_t>(m.rows * d_));
-        prepare_rows(m, d_, normalize && metric_ == Metric::Cosine, "vectors", rows.data());
+        const bool norm = normalize && metric_ == Metric::Cosine;
+        const std::vector<double> norms = check_rows(m, d, norm, "vectors");
+        std::vector<float> x(static_cast<size_t>(d));
+        // The center of compressed storage: the mean of the first vectors added to an empty index
+        // (computed before taking the lock; used only if the index is still empty then).
+        const bool first = codec_.storage() != Storage::F32 && size() == 0;
+        std::vector<double> mean(first ? static_cast<size_t>(d) : 0, 0.0);
+        for (int64_t i = 0; !mean.empty() && i < m.rows; ++i) {
+            prepare_row(m.data + i * d, d, norms[i], norm, x.data());
+            for (int64_t j = 0; j < d; ++j) mean[j] += x[j];
+        }
 
         std::unique_lock lock(mu_);
+        check_writable("add");
         if (explicit_ids) {  // validate everything first: a failed add changes nothing
-            std::unordered_set<int64_t> seen;
-            seen.reserve(new_ids.size());
             for (int64_t id : new_ids) {
                 if (id < 0) throw py::value_error(cat("ids must be >= 0 (-1 marks missing results), got ", id));
-                if (!seen.insert(id).second) throw py::value_error(cat("duplicate id ", id, " in this batch"));
-                if (pos_.count(id)) throw py::value_error(cat("id ", id, " is already in the index"));
+                if (id > kMaxId) throw py::value_error(cat("ids must be <= ", kMaxId, " (2**63 - 2), got ", id));
             }
-        } else {
+            check_unique(new_ids, "in this batch");
+            for (int64_t id : new_ids)
+                if (idmap_.find(id) >= 0) throw py::value_error(cat("id ", id, " is already in the index"));
+        } else if (m.rows > 0) {
+            if (next_id_ > kMaxId - (m.rows - 1))
+                throw py::value_error(cat("automatic ids ", next_id_, " .. ", next_id_, " + ", m.rows - 1,
+                                          " would pass the largest id ", kMaxId, " (2**63 - 2); pass ids explicitly"));
             new_ids.resize(m.rows);
             for (int64_t i = 0; i < m.rows; ++i) new_ids[i] = next_id_ + i;
         }
-        grow(n_ + m.rows);
-        ids_.reserve(n_ + m.rows);
-        pos_.reserve(n_ + m.rows);
-        for (int64_t i = 0; i < m.rows; ++i) {
-            write(n_ + i, rows.data() + i * d_);
-            ids_.push_back(new_ids[i]);
-            pos_[new_ids[i]] = n_ + i;
-            next_id_ = std::max(next_id_, new_ids[i] + 1);
+        if (m.rows > 0) {
+            if (n_ == 0 && !mean.empty()) {
+                std::vector<float> c(static_cast<size_t>(d));
+                for (int64_t j = 0; j < d; ++j) c[j] = static_cast<float>(mean[j] / m.rows);
+                codec_.set_center(c.data());
+            }
+            grow(n_ + m.rows);
+            idmap_.reserve(n_ + m.rows);
+            int64_t* idw = ids_.as<int64_t>();
+            for (int64_t i = 0; i < m.rows; ++i) {
+                const int64_t pos = n_ + i;
+                prepare_row(m.data + i * d, d, norms[i], norm, x.data());
+                codec_.encode(x.data(), pos, panels_.data(), meta_.as<float>(), has_records() ? records_.data() + pos * codec_.record_bytes() : nullptr);
+                if (has_rows()) std::memcpy(rows_.as<float>() + pos * d, x.data(), sizeof(float) * d);
+                idw[pos] = new_ids[i];
+                idmap_.put(new_ids[i], pos);
+                next_id_ = std::max(next_id_, new_ids[i] + 1);
+            }
+            n_ += m.rows;
         }
-        n_ += m.rows;
     }
     py::array_t<int64_t> out(static_cast<py::ssize_t>(new_ids.size()));
     std::copy(new_ids.begin(), new_ids.end(), out.mutable_data());
@@ -255,19 +211,42 @@ void Index::remove(const py::array& ids) {
     const std::vector<int64_t> del = check_ids(ids, "ids");
     py::gil_scoped_release nogil;
     std::unique_lock lock(mu_);
-    std::unordered_set<int64_t> seen;
-    for (int64_t id : del) {  // validate everything first: a failed remove changes nothing
-        if (!seen.insert(id).second) throw py::value_error(cat("duplicate id ", id, " in remove()"));
-        if (!pos_.count(id)) throw py::value_error(cat("id ", id, " is not in the index"));
-    }
+    check_writable("remove");
+    check_unique(del, "in remove()");  // validate everything first: a failed remove changes nothing
+    for (int64_t id : del)
+        if (idmap_.find(id) < 0) throw py::value_error(cat("id ", id, " is not in the index"));
+    if (del.empty()) return;
+    const int64_t d = dim();
+    const size_t rb = codec_.record_bytes();
+    int64_t* idw = ids_.as<int64_t>();
     for (int64_t id : del) {
-        const int64_t pos = pos_.at(id), last = n_ - 1;
-        pos_.erase(id);
-        if (pos != last) move(last, pos);  // swap-remove: storage stays dense
-        clear(last);
-        ids_.pop_back();
+        const int64_t pos = idmap_.find(id), last = n_ - 1;
+        idmap_.erase(id);
+        if (pos != last) {  // swap-remove: storage stays dense
+            codec_.move(last, pos, panels_.data(), meta_.as<float>());
+            if (has_rows()) std::memcpy(rows_.as<float>() + pos * d, rows_.as<float>() + last * d, sizeof(float) * d);
+            if (has_records()) std::memcpy(records_.data() + pos * rb, records_.data() + last * rb, rb);
+            idw[pos] = idw[last];
+            idmap_.put(idw[pos], pos);
+        }
+        codec_.clear(last, panels_.data(), meta_.as<float>());
         --n_;
     }
+    shrink_to(n_);
+    idmap_.shrink();
+}
+
+void Index::reset() {
+    py::gil_scoped_release nogil;
+    std::unique_lock lock(mu_);
+    for (Buffer* b : {&panels_, &meta_, &rows_, &records_, &ids_}) b->clear();
+    map_.reset();
+    rows_offset_ = records_offset_ = -1;
+    idmap_.clear();
+    idmap_ready_ = true;
+    codec_.set_center(nullptr);
+    n_ = 0;
+    next_id_ = 0;
 }
 
 int64_t Index::size() const {
@@ -281,228 +260,110 @@ int64_t Index::next_id() const {
 }
 
 void Index::set_next_id(int64_t v) {
+    py::gil_scoped_release nogil;  // never wait for mu_ holding the GIL: a lock holder may need it
     std::unique_lock lock(mu_);
-    for (int64_t id : ids_)
-        if (id >= v) throw py::value_error(cat("next_id ", v, " must exceed every stored id (found ", id, ")"));
+    if (v < 0 || v > kMaxId + 1) throw py::value_error(cat("next_id must be in [0, ", kMaxId + 1, "], got ", v));
+    const int64_t* ids = idp();
+    for (int64_t pos = 0; pos < n_; ++pos)
+        if (ids[pos] >= v) throw py::value_error(cat("next_id ", v, " must exceed every stored id (found ", ids[pos], ")"));
     next_id_ = v;
 }
 
 int64_t Index::memory_bytes() const {
     std::shared_lock lock(mu_);
-    return static_cast<int64_t>(f32_.size() * 4 + bf16_.size() * 2 + i8_.size() + vscale_.size() * 4 +
-                                vcorr_.size() * 4 + rows_.size() * 4 + ids_.size() * 8);
+    size_t bytes = idmap_.resident() + codec_.center().size() * 4;
+    for (const Buffer* b : {&panels_, &meta_, &rows_, &records_, &ids_})
+        bytes += b->owned() ? b->resident() : b->size();  // a mapped scan column is resident once searched
+    return static_cast<int64_t>(bytes);
 }
 
-py::array_t<float> Index::vectors() const {
-    std::shared_lock lock(mu_);
-    py::array_t<float> out({n_, d_});
+py::array_t<float> Index::reconstruct(const py::array& ids) const {
+    const std::vector<int64_t> want = check_ids(ids, "ids");
+    py::array_t<float> out({static_cast<int64_t>(want.size()), dim()});
     float* o = out.mutable_data();
-    for (int64_t i = 0; i < n_; ++i) read_row(i, o + i * d_);
+    {
+        py::gil_scoped_release nogil;
+        std::shared_lock lock(mu_);
+        ensure_idmap();
+        std::vector<int64_t> pos(want.size());
+        for (size_t i = 0; i < want.size(); ++i)
+            if ((pos[i] = idmap_.find(want[i])) < 0) throw py::value_error(cat("id ", want[i], " is not in the index"));
+        for (size_t i = 0; i < want.size(); ++i) decode(pos[i], o + i * dim());
+    }
     return out;
 }
 
-py::tuple Index::snapshot() const {
-    std::shared_lock lock(mu_);  // one lock: ids and vectors from the same moment
-    py::array_t<int64_t> ids(n_);
-    std::copy(ids_.begin(), ids_.end(), ids.mutable_data());
-    py::array_t<float> vecs({n_, d_});
-    float* o = vecs.mutable_data();
-    for (int64_t i = 0; i < n_; ++i) read_row(i, o + i * d_);
-    return py::make_tuple(ids, vecs, next_id_);
+py::dict Index::stats() const {
+    py::dict d;
+    d["rescored"] = rescored_.load();
+    d["rescans"] = rescans_.load();
+    d["disk_reads"] = disk_reads_.load();
+    return d;
 }
 
 py::array_t<int64_t> Index::ids() const {
     std::shared_lock lock(mu_);
     py::array_t<int64_t> out(n_);
-    std::copy(ids_.begin(), ids_.end(), out.mutable_data());
+    if (n_) std::memcpy(out.mutable_data(), idp(), static_cast<size_t>(n_) * 8);
     return out;
 }
 
-void Index::search_nogil(const Matrix& m, int64_t k, int64_t oversample, int threads, const Kernels& kern,
-                         float* os, int64_t* oi) const {
-    const int64_t nq = m.rows;
-    std::vector<float> q(static_cast<size_t>(nq * d_));
-    prepare_rows(m, d_, metric_ == Metric::Cosine, "queries", q.data());
-
+py::array_t<float> Index::center() const {
     std::shared_lock lock(mu_);
-    const int64_t n = n_;
-    // Compressed storage keeps k * oversample candidates and re-scores them in float32.
-    const int64_t want = storage_ == Storage::F32 ? k : (k > n / oversample ? n : k * oversample);
-    const int64_t cap = std::min(want, n);
-    if (cap > std::numeric_limits<int32_t>::max()) throw py::value_error(cat("k = ", k, " is too large"));
-    if (cap == 0) {
-        std::fill(os, os + nq * k, kNegInf);
-        std::fill(oi, oi + nq * k, int64_t{-1});
-        return;
-    }
-
-    // Queries in the storage's number format, [nq, dp], zero padded.
-    std::vector<uint16_t> qb;
-    std::vector<int8_t> qi;
-    std::vector<float> qscale;
-    const void* qdata = nullptr;
-    ScanFn scan = kern.f32;
-    if (storage_ == Storage::F32) {
-        qdata = q.data();
-    } else if (storage_ == Storage::BF16) {
-        qb.assign(static_cast<size_t>(nq * dp_), 0);
-        for (int64_t i = 0; i < nq; ++i)
-            for (int64_t j = 0; j < d_; ++j) qb[i * dp_ + j] = to_bf16(q[i * d_ + j]);
-        qdata = qb.data();
-        scan = kern.bf16;
-    } else {
-        qi.assign(static_cast<size_t>(nq * dp_), 0);
-        qscale.resize(nq);
-        for (int64_t i = 0; i < nq; ++i) qscale[i] = quantize(q.data() + i * d_, d_, qi.data() + i * dp_);
-        qdata = qi.data();
-        scan = kern.i8;
-    }
-
-    // Work is split into database ranges (tasks) handed out through an atomic counter, so a
-    // thread that the OS does not schedule (a busy machine) delays nothing: the others take its
-    // share. Each thread keeps its own heaps for every query; they are merged at the end.
-    const int64_t npanels = (n + kLanes - 1) / kLanes;
-    constexpr int64_t kMinPanels = 256;  // 4,096 vectors: below that a thread costs more than it saves
-    int64_t T = threads > 0 ? threads : std::max<int64_t>(1, std::thread::hardware_concurrency());
-    const int64_t tasks = std::max<int64_t>(1, std::min(npanels / kMinPanels, 16 * T));
-    T = std::min(T, tasks);
-    std::vector<float> hscore(static_cast<size_t>(T * nq * cap));
-    std::vector<int64_t> hpos(static_cast<size_t>(T * nq * cap));
-    std::vector<TopK> heaps(static_cast<size_t>(T * nq));
-    for (int64_t c = 0; c < T * nq; ++c)
-        heaps[c] = TopK{kNegInf, 0, static_cast<int32_t>(cap), hscore.data() + c * cap, hpos.data() + c * cap, ids_.data()};
-    std::vector<std::vector<uint32_t>> work(static_cast<size_t>(T));
-    for (auto& w : work) w.resize(static_cast<size_t>((nq + 16) * dp_));
-    std::vector<std::exception_ptr> errors(static_cast<size_t>(T));
-
-    std::atomic<int64_t> next_task{0};
-    auto scan_tasks = [&](int64_t t) {
-        ScanArgs a{};
-        a.queries = qdata;
-        a.qscale = qscale.empty() ? nullptr : qscale.data();
-        a.nq = nq;
-        a.panels = storage_ == Storage::F32 ? static_cast<const void*>(f32_.data())
-                   : storage_ == Storage::BF16 ? static_cast<const void*>(bf16_.data())
-                                               : static_cast<const void*>(i8_.data());
-        a.vscale = vscale_.data();
-        a.vcorr = vcorr_.data();
-        a.n = n;
-        a.dp = dp_;
-        a.heaps = heaps.data() + t * nq;
-        a.work = work[t].data();
-        a.pack = true;  // once per thread
-        for (int64_t j; (j = next_task.fetch_add(1)) < tasks;) {
-            a.p0 = npanels * j / tasks;
-            a.p1 = npanels * (j + 1) / tasks;
-            scan(a);
-            a.pack = false;
-        }
-    };
-
-    // Merge the threads' heaps into the first set, re-score (compressed storage), sort, pad.
-    constexpr int64_t kFinishChunk = 32;
-    std::atomic<int64_t> next_query{0};
-    auto finish = [&](int64_t) {
-        std::vector<Entry> e;
-        std::vector<const float*> rowp;
-        std::vector<float> exact;
-        for (int64_t q0; (q0 = next_query.fetch_add(kFinishChunk)) < nq;) {
-            for (int64_t i = q0; i < std::min(nq, q0 + kFinishChunk); ++i) {
-                for (int64_t t = 1; t < T; ++t) {
-                    const TopK& h = heaps[t * nq + i];
-                    for (int32_t c = 0; c < h.size; ++c) topk_push(heaps[i], h.score[c], h.pos[c]);
-                }
-                const TopK& h = heaps[i];
-                e.resize(h.size);
-                for (int32_t c = 0; c < h.size; ++c) e[c] = {h.score[c], ids_[h.pos[c]], h.pos[c]};
-                if (storage_ != Storage::F32) {
-                    rowp.resize(e.size());
-                    exact.resize(e.size());
-                    for (size_t c = 0; c < e.size(); ++c) rowp[c] = rows_.data() + e[c].pos * d_;
-                    kern.dots(q.data() + i * d_, rowp.data(), static_cast<int64_t>(e.size()), d_, exact.data());
-                    for (size_t c = 0; c < e.size(); ++c) e[c].score = exact[c];
-                }
-                const size_t top = std::min<size_t>(e.size(), static_cast<size_t>(k));
-                std::partial_sort(e.begin(), e.begin() + top, e.end(), better);
-                for (int64_t c = 0; c < k; ++c) {
-                    const bool have = c < static_cast<int64_t>(top);
-                    os[i * k + c] = have ? e[c].score : kNegInf;
-                    oi[i * k + c] = have ? e[c].id : -1;
-                }
-            }
-        }
-    };
-
-    // Runs fn(t) on T threads (the caller is thread 0); an exception must not escape a std::thread.
-    auto parallel = [&](auto&& fn, int64_t nthreads) {
-        auto guarded = [&](int64_t t) {
-            try {
-                fn(t);
-            } catch (...) {
-                errors[t] = std::current_exception();
-            }
-        };
-        std::vector<std::thread> pool;
-        for (int64_t t = 1; t < nthreads; ++t) pool.emplace_back(guarded, t);
-        guarded(0);
-        for (auto& th : pool) th.join();
-        for (auto& e : errors)
-            if (e) std::rethrow_exception(e);
-    };
-    parallel(scan_tasks, T);
-    // Finishing is cheap for float32 (a sort of k entries); compressed storage re-scores
-    // k * oversample candidates per query, worth threads for large batches.
-    parallel(finish, storage_ != Storage::F32 && nq >= 4 * kFinishChunk ? T : 1);
-}
-
-py::tuple Index::search(const py::array& queries, int64_t k, int64_t oversample, int threads, bool force_generic) const {
-    if (k < 1) throw py::value_error(cat("k must be >= 1, got ", k));
-    if (oversample < 1) throw py::value_error(cat("oversample must be >= 1, got ", oversample));
-    if (threads < 0) throw py::value_error(cat("threads must be >= 0 (0: all cores), got ", threads));
-    const Matrix m = check_matrix(queries, d_, "queries");
-    if (m.rows == 0) throw py::value_error("empty query batch: queries has 0 rows");
-    const int64_t nq = m.rows;
-    py::array_t<float> out_scores({nq, k});
-    py::array_t<int64_t> out_ids({nq, k});
-    float* os = out_scores.mutable_data();
-    int64_t* oi = out_ids.mutable_data();
-    const Kernels& kern = best_kernels(force_generic);
-
-    {
-        py::gil_scoped_release nogil;  // no Python object is touched inside
-        search_nogil(m, k, oversample, threads, kern, os, oi);
-    }
-    return py::make_tuple(out_scores, out_ids);
+    const std::vector<float>& c = codec_.center();
+    py::array_t<float> out(static_cast<py::ssize_t>(c.size()));
+    if (!c.empty()) std::memcpy(out.mutable_data(), c.data(), c.size() * 4);
+    return out;
 }
 
 void register_index(py::module_& m) {
-    py::class_<Index>(m, "Index", "Exact top-k search; use fastemb.Index (the Python wrapper) instead.")
-        .def(py::init<int64_t, const std::string&, const std::string&>(), py::arg("dim"), py::arg("metric"),
-             py::arg("storage"))
+    py::class_<Index>(m, "Index", "Top-k search; use fastemb.Index (the Python wrapper) instead.")
+        .def(py::init<int64_t, const std::string&, const std::string&, bool>(), py::arg("dim"), py::arg("metric"),
+             py::arg("storage"), py::arg("exact"))
         .def("add", &Index::add, py::arg("vectors"), py::arg("ids"), py::arg("normalize") = true,
              "vectors: float32 C-contiguous [n, dim]; ids: int64 [n] or None (next free ids) -> ids int64 [n].")
         .def("search", &Index::search, py::arg("queries"), py::arg("k"), py::arg("oversample") = 4,
-             py::arg("threads") = 0, py::arg("force_generic") = false,
+             py::arg("threads") = 0, py::arg("force_generic") = false, py::arg("allowed_ids") = py::none(),
              "queries: float32 C-contiguous [q, dim] -> (scores float32 [q, k], ids int64 [q, k]); "
-             "missing results have score -inf and id -1.")
+             "missing results have score -inf and id -1. allowed_ids: int64 [m] or None.")
         .def("remove", &Index::remove, py::arg("ids"))
+        .def("reset", &Index::reset)
+        .def("reconstruct", &Index::reconstruct, py::arg("ids"), "ids int64 [m] -> float32 [m, dim]")
         .def("__len__", &Index::size)
-        .def("vectors", &Index::vectors)
         .def("ids", &Index::ids)
-        .def("snapshot", &Index::snapshot, "(ids int64 [n], vectors float32 [n, dim], next_id), consistent.")
+        .def("center", &Index::center)
+        .def("write_fd", [](const Index& ix, int fd) {
+            py::gil_scoped_release nogil;
+            ix.write_fd(fd);
+        }, py::arg("fd"), "Writes the index (file format version 2) to an open descriptor.")
+        .def("to_bytes", &Index::to_bytes)
+        .def_static("load", [](const std::string& path, bool mmap, bool verify) {
+            py::gil_scoped_release nogil;
+            return Index::load(path, mmap, verify);
+        }, py::arg("path"), py::arg("mmap") = false, py::arg("verify") = false)
+        .def_static("from_bytes", &Index::from_bytes, py::arg("data"))
         .def_property_readonly("dim", &Index::dim)
         .def_property_readonly("metric", &Index::metric)
         .def_property_readonly("storage", &Index::storage)
+        .def_property_readonly("exact", &Index::exact)
+        .def_property_readonly("mapped", &Index::mapped)
         .def_property("next_id", &Index::next_id, &Index::set_next_id)
-        .def_property_readonly("memory_bytes", &Index::memory_bytes);
+        .def_property_readonly("memory_bytes", &Index::memory_bytes)
+        .def("stats", &Index::stats);
     m.def("kernels", [](bool force_generic) {
         const Kernels& k = best_kernels(force_generic);
         py::dict d;
         d["float32"] = k.f32_name;
         d["bfloat16"] = k.bf16_name;
         d["int8"] = k.i8_name;
+        d["binary"] = k.bin_name;
         return d;
     }, py::arg("force_generic") = false, "Names of the kernels search() uses on this CPU.");
+    m.def("usable_cpus", &usable_cpus, "CPUs this process may run on (affinity and cgroup quota): search's default threads.");
+    m.def("crc32c", [](const py::bytes& b) {
+        const std::string_view v(b);
+        return crc32c(0, v.data(), v.size());
+    }, py::arg("data"), "CRC-32C of bytes (the checksum of the index file format).");
 }
 
 }  // namespace fastemb

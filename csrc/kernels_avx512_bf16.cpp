@@ -1,5 +1,6 @@
 // bfloat16 scan with AVX-512 BF16: vdpbf16ps adds the products of two bf16 pairs into each
-// float32 lane, 32 multiply-adds per instruction.
+// float32 lane, 32 multiply-adds per instruction (inputs and products flush denormals to zero:
+// codec.cpp keeps denormals out of the codes and bounds the products' underflow).
 #include "kernels.h"
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -53,9 +54,14 @@ struct BF16 {
         for (int i = 0; i < M; ++i)
 #pragma GCC unroll 4
             for (int k = 0; k < P; ++k) _mm512_store_ps(out[i][k], acc[i][k]);
-        for (int i = 0; i < M; ++i)
-            for (int k = 0; k < P; ++k)
-                emit(_mm512_load_ps(out[i][k]), a.heaps[q0 + i], (p + k) * fastemb::kLanes, a.n);
+        for (int k = 0; k < P; ++k) {
+            const __mmask16 ok = allowed(a, p + k);
+            const float* mp = a.meta + (p + k) * fastemb::meta::kBF16 * fastemb::kLanes;
+            for (int i = 0; i < M; ++i) {
+                const __m512 u = centered_bound(a, q0 + i, _mm512_load_ps(out[i][k]), mp, mp + 16, mp + 32, mp + 48);
+                emit(u, a.heaps[q0 + i], (p + k) * fastemb::kLanes, a.n, ok);
+            }
+        }
     }
 };
 

@@ -48,9 +48,10 @@ struct F32 {
         for (int i = 0; i < M; ++i)
 #pragma GCC unroll 4
             for (int k = 0; k < P; ++k) _mm512_store_ps(out[i][k], acc[i][k]);
-        for (int i = 0; i < M; ++i)
-            for (int k = 0; k < P; ++k)
-                emit(_mm512_load_ps(out[i][k]), a.heaps[q0 + i], (p + k) * fastemb::kLanes, a.n);
+        for (int k = 0; k < P; ++k) {
+            const __mmask16 ok = allowed(a, p + k);
+            for (int i = 0; i < M; ++i) emit(_mm512_load_ps(out[i][k]), a.heaps[q0 + i], (p + k) * fastemb::kLanes, a.n, ok);
+        }
     }
 };
 

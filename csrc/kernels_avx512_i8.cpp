@@ -1,7 +1,8 @@
 // int8 scan with AVX-512 VNNI. vpdpbusd multiplies unsigned by signed bytes, so queries are
 // biased by +128 into u8 and the bias is removed per vector: (q + 128) . x - 128 * sum(x).
 // The int32 dot is exact (|sum| <= 255 * 127 * dim < 2^31 for dim <= 65536); it is then scaled by
-// the vector's and the query's quantization steps in float32.
+// the vector's and the query's quantization steps in float32 and goes through the epilogue of
+// kernels.h (meta rows: scale, corr, g, r, m, n).
 #include "kernels.h"
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -59,12 +60,15 @@ struct I8 {
             for (int k = 0; k < P; ++k) _mm512_store_si512(out[i][k], acc[i][k]);
         for (int k = 0; k < P; ++k) {
             const int64_t lane0 = (p + k) * fastemb::kLanes;
-            const __m512i corr = _mm512_load_si512(a.vcorr + lane0);
-            const __m512 vs = _mm512_load_ps(a.vscale + lane0);
+            const __mmask16 ok = allowed(a, p + k);
+            const float* mp = a.meta + (p + k) * fastemb::meta::kI8 * fastemb::kLanes;
+            const __m512 vs = _mm512_load_ps(mp);
+            const __m512i corr = _mm512_load_si512(mp + 16);
             for (int i = 0; i < M; ++i) {
                 const __m512 dot = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_load_si512(out[i][k]), corr));
-                const __m512 s = _mm512_mul_ps(_mm512_mul_ps(dot, vs), _mm512_set1_ps(a.qscale[q0 + i]));
-                emit(s, a.heaps[q0 + i], lane0, a.n);
+                const __m512 s = _mm512_mul_ps(_mm512_mul_ps(dot, vs), _mm512_set1_ps(a.qt.qscale[q0 + i]));
+                const __m512 u = centered_bound(a, q0 + i, s, mp + 32, mp + 48, mp + 64, mp + 80);
+                emit(u, a.heaps[q0 + i], lane0, a.n, ok);
             }
         }
     }

@@ -1,7 +1,7 @@
-// Bounded top-k heap shared by every kernel (compiled for the baseline target only).
+// Bounded top-k heap (or collector) shared by every kernel (compiled for the baseline target only).
 #include <utility>
 
-#include "kernels.h"
+#include "topk.h"
 
 namespace fastemb {
 
@@ -29,6 +29,11 @@ void sift_down(TopK& h, int32_t i) {
 }  // namespace
 
 void topk_push(TopK& h, float score, int64_t pos) {
+    if (h.sink) {
+        h.sink->score.push_back(score);
+        h.sink->pos.push_back(pos);
+        return;
+    }
     if (h.size < h.cap) {
         int32_t i = h.size++;
         h.score[i] = score;

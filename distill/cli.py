@@ -231,6 +231,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--hidden-size", type=int, help="tiny-BERT width (smaller: random init + projection)"
     )
+    s.add_argument(
+        "--init",
+        metavar="DIR",
+        help="initialize the student from this model (embeddings, layers, tokenizer) instead of the teacher",
+    )
+    s.add_argument(
+        "--head",
+        choices=["projection", "pca"],
+        default="projection",
+        help="when student and teacher dimensions differ: a linear head to the teacher's dimension, "
+        "or the teacher's vectors reduced by PCA to the student's",
+    )
     s.add_argument("--loss", choices=["mse", "cosine", "similarity"], default="mse")
     s.add_argument(
         "--corpus", metavar="FILE", help="one sentence per line (default: the shipped corpus)"
@@ -244,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--eval-every", type=int, default=250)
     s.add_argument("--seed", type=int, default=42)
     s.add_argument("--cache-dir", default=".cache/distill")
+    s.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="compute the teacher vectors on Ray (fastemb[ray]): a local Ray, or the cluster at ADDRESS")
     s.add_argument("--out", required=True, metavar="DIR")
     s.add_argument("--overwrite", action="store_true")
     s.add_argument("--resume", action="store_true")

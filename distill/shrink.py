@@ -6,9 +6,17 @@ Layout of ``out``::
     bundle-fp32/    fastemb bundle of the best student, float32
     bundle-int8/    the same, dynamic int8 (SmoothQuant)
 
-Teacher vectors for the corpus come from the teacher's fp32 bundle through ``fastemb.Encoder`` and
-are cached under ``cache_dir`` (keyed by teacher graph and corpus checksums). Training batches
-group sentences of similar token length (random batches pad each sentence to the longest one).
+Teacher vectors for the corpus come from the teacher's fp32 bundle through ``fastemb.Encoder`` (or
+Ray actors, ``ray``) and are cached under ``cache_dir`` (keyed by teacher graph and corpus
+checksums; written in chunks, so a large corpus resumes and never sits in memory whole). Under
+``torchrun`` every process trains (DDP), rank 0 alone computes the teacher vectors (the others
+receive them) and writes the outputs. Training batches group sentences of similar token length
+(random batches pad each sentence to the longest one).
+
+The student starts from the teacher, or from another model (``init``: its embeddings, layers and
+tokenizer); a linear head, initialized by ridge least squares, then maps its vectors to the
+targets: the teacher's vectors (``head="projection"``), or those PCA-reduced to the student's own
+dimension (``head="pca"``: smaller vectors, the same cost).
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from fastemb._checks import integer
 from fastemb._io import refuse_overwriting_source
 
 STUDENTS = ("tinybert", "textcnn")
+HEADS = ("projection", "pca")
 
 
 @dataclass
@@ -47,6 +56,9 @@ class ShrinkConfig:
     resume: bool = False
     export: bool = True
     progress: bool = True
+    ray: str | None = None  # teacher vectors on Ray: "local" or a cluster's address (fastemb[ray])
+    init: str | None = None  # initialize the student from this model (default: the teacher)
+    head: Literal["projection", "pca"] = "projection"  # when student and teacher dimensions differ
 
     def __post_init__(self) -> None:
         """Refuse bad arguments when the config is made: before anything is loaded or written."""
@@ -60,6 +72,8 @@ class ShrinkConfig:
         integer("hidden_size", self.hidden_size, 1, optional=True)
         integer("max_sentences", self.max_sentences, 1, optional=True)
         integer("max_length", self.max_length, 2)
+        if self.head not in HEADS:
+            raise ValueError(f"unknown head {self.head!r}; choose one of {', '.join(HEADS)}")
         self.train_config()  # the training numbers: epochs, max_steps, batch_size, lr, ...
 
     def train_config(self):
@@ -91,18 +105,23 @@ def shrink(cfg: ShrinkConfig, log: Callable[[str], None] = print) -> dict:
     """Train the student (see the module docstring); returns paths and the trainer's summary."""
     import random
 
+    from distill.collective import on_rank0, rank_and_world
     from distill.evaluation import evaluator
     from distill.model import SentenceEncoder
     from distill.objectives.base import Example
     from distill.objectives.distillation import DistillationLoss
     from distill.students import (
         CORPUS,
+        fit_projection,
+        pca_targets,
         read_corpus,
+        sha256_lines,
         teacher_vectors,
         textcnn_from_teacher,
         tinybert_from_teacher,
     )
     from distill.trainer import train
+    from fastemb.bundle import Bundle
 
     train_cfg = cfg.train_config()
     teacher_dir = Path(cfg.teacher)
@@ -110,34 +129,62 @@ def shrink(cfg: ShrinkConfig, log: Callable[[str], None] = print) -> dict:
         raise FileNotFoundError(f"teacher directory not found: {teacher_dir}")
     if cfg.corpus is not None and not Path(cfg.corpus).is_file():
         raise FileNotFoundError(f"corpus file not found: {cfg.corpus}")
+    init_dir = Path(cfg.init) if cfg.init else teacher_dir
+    if not init_dir.is_dir():
+        raise FileNotFoundError(f"init model directory not found: {init_dir}")
     out = Path(cfg.out)
     refuse_overwriting_source(out, teacher_dir, cfg.corpus)
     if out.exists() and any(out.iterdir()) and not (cfg.overwrite or cfg.resume):
         raise FileExistsError(f"output directory {out} exists; pass --overwrite to replace it or --resume to continue")
     try:
-        teacher = SentenceEncoder.from_pretrained(teacher_dir, max_length=cfg.max_length)
+        source = SentenceEncoder.from_pretrained(init_dir, max_length=cfg.max_length)
     except ValueError as e:
-        raise ValueError(f"{teacher_dir} is not a supported teacher encoder: {e}") from None
-    if cfg.student == "tinybert":
-        student = tinybert_from_teacher(teacher, cfg.layers, cfg.hidden_size)
+        what = "teacher" if init_dir == teacher_dir else "init model"
+        raise ValueError(f"{init_dir} is not a supported {what} encoder: {e}") from None
+    if init_dir == teacher_dir:
+        teacher_dim = source.dim
     else:
-        student = textcnn_from_teacher(teacher_dir, out_dim=teacher.dim, max_length=cfg.max_length)
-    del teacher
+        teacher_dim = Bundle(teacher_bundle(teacher_dir, cfg.cache_dir, log)).manifest.dim
+    own_dim = teacher_dim if init_dir == teacher_dir else source.dim
+    target_dim = own_dim if cfg.head == "pca" else teacher_dim
+    if cfg.student == "tinybert":
+        student = tinybert_from_teacher(source, cfg.layers, cfg.hidden_size)
+    else:
+        student = textcnn_from_teacher(init_dir, out_dim=target_dim, max_length=cfg.max_length)
+    del source
 
     sentences = read_corpus(cfg.corpus or CORPUS)
-    if cfg.max_sentences:
-        sentences = sentences[: cfg.max_sentences]
-    bundle = teacher_bundle(teacher_dir, cfg.cache_dir, log)
-    targets = teacher_vectors(bundle, sentences, Path(cfg.cache_dir) / "vectors", log=log)
+    n = min(cfg.max_sentences, len(sentences)) if cfg.max_sentences else None
+    if rank_and_world()[0] != 0:  # under torchrun, one process reports
+        log = _quiet
+    vectors_dir = Path(cfg.cache_dir) / "vectors"
+    # under torchrun, rank 0 exports the teacher and computes (or loads) the vectors; all get them
+    targets = on_rank0(lambda: teacher_vectors(teacher_bundle(teacher_dir, cfg.cache_dir, log), sentences,
+                                               vectors_dir, log=log, rows=n, ray_address=cfg.ray))
+    sentences = sentences[:n]
+    if cfg.head == "pca" and target_dim < teacher_dim:
+        b = Bundle(teacher_bundle(teacher_dir, cfg.cache_dir, log))
+        key = f"{b.manifest.files[b.manifest.graphs['encoder']][:16]}-{sha256_lines(sentences)[:16]}-pca{target_dim}"
+        targets = pca_targets(targets, target_dim, vectors_dir / f"{key}.npy", log=log)
+    if cfg.student == "tinybert" and init_dir != teacher_dir:  # another model's space: map it to the targets
+        sample = min(len(sentences), 4096)
+        fit_projection(student, sentences[:sample], targets[:sample])
+        log(f"projection head {student.whitening.in_features} -> {target_dim}, least squares on {sample} sentences")
     examples = [Example((s,), i) for i, s in enumerate(sentences)]
     random.Random(cfg.seed).shuffle(examples)
     objective = DistillationLoss(student, targets, cfg.loss)
     log(f"distilling a {cfg.student} student ({sum(p.numel() for p in student.parameters()) / 1e6:.1f}M parameters) "
         f"on {len(sentences)} sentences, {cfg.loss} loss")
     summary = train(objective, examples, train_cfg, evaluator("dev"),
-                    lengths=token_lengths(teacher_dir / "tokenizer.json", [e.texts[0] for e in examples]))
+                    lengths=token_lengths(init_dir / "tokenizer.json", [e.texts[0] for e in examples]))
     result = {"model": str(out / "train" / "best"), "summary": summary}
-    if cfg.export:
+    if rank_and_world()[0] == 0:
+        from dataclasses import asdict
+
+        from distill.io import write_json
+
+        write_json(out / "shrink.json", {**asdict(cfg), "sentences": len(sentences), "target_dim": target_dim})
+    if cfg.export and rank_and_world()[0] == 0:  # under torchrun: one set of bundles
         from fastemb.export import export
 
         for precision in ("fp32", "int8"):
@@ -159,3 +206,7 @@ def token_lengths(tokenizer_file: Path, texts: list[str]) -> list[int]:
     tok.no_padding()
     tok.no_truncation()
     return [len(e.ids) for e in tok.encode_batch(texts)]
+
+
+def _quiet(message: str) -> None:
+    """The log of torchrun's ranks other than 0."""

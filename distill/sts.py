@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,3 +115,19 @@ def evaluate_sts(encode: Callable[[list[str]], np.ndarray], split: str = "test")
     """Spearman x 100 of an encode function on an STS-B split (cosine similarity)."""
     pairs = load_stsb(split)
     return evaluate_vectors(pairs, np.asarray(encode(sts_unique_sentences(pairs))))
+
+
+def sentence_key(text: str) -> str:
+    """``text`` lowercased, letters and digits only: the key under which two copies of a sentence
+    tokenized or punctuated differently (MRPC's and SNLI's sentences in STS-B) are one."""
+    return re.sub(r"[^a-z0-9]+", "", text.lower())
+
+
+def held_out_keys() -> set[str]:
+    """:func:`sentence_key` of every STS-B dev and test sentence: what no training corpus may hold
+    (dev picks checkpoints, test is what is reported)."""
+    keys: set[str] = set()
+    for split in ("dev", "test"):
+        pairs = load_stsb(split)
+        keys.update(sentence_key(s) for s in pairs.sentences1 + pairs.sentences2)
+    return keys

@@ -1,11 +1,10 @@
-"""``python -m fastemb``: export a model to a bundle, describe a bundle, encode a text file, serve a bundle."""
+"""``python -m fastemb``: export a model to a bundle, describe a bundle, encode a file of texts, serve a bundle."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from fastemb._cli import run_command
 
@@ -36,12 +35,27 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("info", help="print a bundle's manifest")
     p.add_argument("bundle")
 
-    p = sub.add_parser("encode", help="encode a text file (one text per line) to a .npy file")
+    p = sub.add_parser("encode", help="encode a file of texts to .npy or .parquet",
+                       description="Encode every row of a text file (one row per \\n-terminated line; \\r\\n "
+                                   "accepted; form feeds, U+2028 and the like stay inside their line), a JSON Lines "
+                                   "file (.jsonl, .ndjson: the text in --field) or a Parquet file (column --field). "
+                                   "Streams: memory stays bounded whatever the input's size. A row that cannot be "
+                                   "encoded is named on stderr and gets NaN (.npy) or a null embedding and its "
+                                   "error (.parquet); the other rows are written and the exit status is 1.")
     p.add_argument("bundle")
-    p.add_argument("--input", required=True, help="UTF-8 text file, one text per line")
-    p.add_argument("--output", required=True, help=".npy file to write (float32 [n, dim])")
+    p.add_argument("--input", required=True, metavar="PATH", help="text, JSON Lines or Parquet file")
+    p.add_argument("--output", required=True, metavar="OUT",
+                   help="OUT.npy (float32 [n, dim], row i = input row i) or OUT.parquet (row, embedding, error)")
+    p.add_argument("--format", choices=["text", "jsonl", "parquet"], help="input format (default: by suffix)")
+    p.add_argument("--field", default="text", help="JSON Lines field / Parquet column holding the text")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--no-normalize", action="store_true")
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="encode on Ray (needs fastemb[ray]): a local Ray, or the cluster at ADDRESS "
+                        "(auto, ray://HOST:10001, ...); the input must be readable from the cluster's nodes")
+    p.add_argument("--concurrency", type=int, help="Ray actors (default: the cluster's CPUs / --num-cpus-per-actor)")
+    p.add_argument("--num-cpus-per-actor", type=float, default=1, help="CPUs (and ONNX Runtime threads) per actor")
+    p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("serve", help="serve a bundle over HTTP (OpenAI / TEI embeddings, search, similar)",
                        description="Serve a bundle over HTTP: POST /v1/embeddings (OpenAI), /embed (TEI), "
@@ -84,24 +98,18 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _encode(args: argparse.Namespace) -> int:
-    import numpy as np
+    from fastemb.bulk import encode_file
 
-    from fastemb._io import atomic_write_bytes
-    from fastemb.encoder import Encoder
-
-    path = Path(args.input)
-    if not path.is_file():
-        raise FileNotFoundError(f"input file not found: {path}")
-    texts = path.read_text(encoding="utf-8").splitlines()
-    vectors = Encoder(args.bundle).encode(texts, batch_size=args.batch_size, normalize=not args.no_normalize,
-                                          show_progress=True)
-    import io
-
-    buf = io.BytesIO()
-    np.save(buf, vectors)
-    atomic_write_bytes(args.output, buf.getvalue())
-    print(f"wrote {args.output}: {vectors.shape[0]} x {vectors.shape[1] if vectors.ndim == 2 else 0} float32")
-    return 0
+    report = encode_file(args.bundle, args.input, args.output, fmt=args.format, field=args.field,
+                         batch_size=args.batch_size, normalize=not args.no_normalize, progress=not args.no_progress,
+                         ray_address=args.ray, concurrency=args.concurrency,
+                         num_cpus_per_actor=args.num_cpus_per_actor)
+    for line in report.first_failures:
+        print(f"error: {line}", file=sys.stderr)
+    if report.failed > len(report.first_failures):
+        print(f"error: ... and {report.failed - len(report.first_failures)} more", file=sys.stderr)
+    print(f"wrote {args.output}: {report.rows} rows, {report.failed} failed")
+    return 1 if report.failed else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -3,7 +3,8 @@
 Unlabeled English sentences from ../shared/data: Wikipedia (both files), the NLI triplets (all
 three columns), the English paraphrase pairs (MRPC train, STS-B train pairs with score >= 4) and
 the STS-B *train* split. STS-B dev and test sentences are removed (dev picks checkpoints, test is
-the reported score). Deduplicated exactly, order fixed by a seeded shuffle.
+the reported score), matched after lowercasing and keeping letters and digits only: MRPC's and
+SNLI's copies of them are tokenized differently. Deduplicated exactly, order fixed by a seeded shuffle.
 
     python scripts/build_corpus.py [--shared ../shared/data]
 """
@@ -15,7 +16,7 @@ import csv
 import random
 from pathlib import Path
 
-from distill.sts import load_stsb
+from distill.sts import held_out_keys, load_stsb, sentence_key
 
 OUT = Path(__file__).resolve().parents[1] / "distill" / "resources" / "corpus" / "sentences.txt"
 
@@ -36,17 +37,14 @@ def main() -> None:
     sources["paraphrase"] = para
     train = load_stsb("train")
     sources["stsb-train"] = [s.strip() for s in train.sentences1 + train.sentences2]
-    held_out = set()
-    for split in ("dev", "test"):
-        p = load_stsb(split)
-        held_out.update(s.strip() for s in p.sentences1 + p.sentences2)
+    held_out = held_out_keys()
     seen: set[str] = set()
     out: list[str] = []
     counts = {}
     for name, sents in sources.items():
         kept = 0
         for s in sents:
-            if len(s) < 3 or "\t" in s or s in seen or s in held_out:
+            if len(s) < 3 or "\t" in s or s in seen or sentence_key(s) in held_out:
                 continue
             seen.add(s)
             out.append(s)

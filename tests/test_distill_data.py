@@ -80,3 +80,22 @@ def test_read_examples_dispatch(tmp_path):
         read_examples(tmp_path / "x", "images")
     with pytest.raises(FileNotFoundError):
         read_examples(tmp_path / "missing.txt", "sentences")
+
+
+def test_shipped_corpus_holds_no_stsb_dev_or_test_sentence_even_retokenized():
+    """The main job reports STS-B test and picks checkpoints on dev: neither may be in its corpus.
+    MRPC and SNLI hold copies of STS-B sentences tokenized differently ("do n't", spaces before
+    punctuation), so the check compares letters and digits only."""
+    import re
+
+    from distill.sts import load_stsb
+    from distill.students import CORPUS, read_corpus
+
+    def key(s: str) -> str:  # independent of distill.sts.sentence_key
+        return "".join(ch for ch in s.lower() if ch.isascii() and ch.isalnum())
+
+    held = {key(s) for split in ("dev", "test") for p in [load_stsb(split)] for s in p.sentences1 + p.sentences2}
+    corpus = read_corpus(CORPUS)
+    leaked = [s for s in corpus if key(s) in held]
+    assert len(corpus) > 60_000 and not leaked, leaked[:5]
+    assert re.sub(r"[^a-z0-9]+", "", "Do n't , go !".lower()) == key("Don't go!")

@@ -132,7 +132,7 @@ def test_student_bundle_matches_student_in_torch(kind: str, teacher, tmp_path: P
 
 def test_teacher_vector_cache_hits_and_rebuilds(tiny_bundle: Path, tmp_path: Path) -> None:
     logs: list[str] = []
-    first = teacher_vectors(tiny_bundle, SENTENCES, tmp_path, log=logs.append)
+    first = np.array(teacher_vectors(tiny_bundle, SENTENCES, tmp_path, log=logs.append))  # a copy: the cache is a memory map
     assert first.shape == (len(SENTENCES), 32)
     again = teacher_vectors(tiny_bundle, SENTENCES, tmp_path, log=logs.append)
     assert "cache hit" in logs[-1]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,58 @@ def test_order_is_restored_and_batching_does_not_change_results(enc: Encoder) ->
     for bs in (1, 2, 4, 32):
         np.testing.assert_allclose(enc.encode(TEXTS, batch_size=bs), one_by_one, atol=1e-5)
     np.testing.assert_array_equal(enc.encode(TEXTS)[0], enc.encode(TEXTS)[5])  # duplicates land in place
+
+
+def test_one_text_path_equals_a_batch(enc: Encoder) -> None:
+    # one text takes its own path (no chunking, sorting or thread); in a batch the same text is
+    # padded to longer batch-mates: both must give the same vector
+    text = TEXTS[1]
+    in_batch = enc.encode(TEXTS + [text * 3], batch_size=8)[1]
+    alone = enc.encode(text)
+    assert alone.shape == (32,) and alone.dtype == np.float32
+    np.testing.assert_allclose(alone, in_batch, atol=1e-5)
+    np.testing.assert_allclose(enc.encode([text]), alone[None], atol=0)  # a list of one: [1, dim]
+    np.testing.assert_allclose(enc.encode(text, normalize=False), enc.encode(TEXTS, normalize=False)[1], atol=1e-5)
+
+
+def test_no_thread_is_started_per_call(enc: Encoder) -> None:
+    def tokenizer_threads() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name.startswith("fastemb-tokenize")]
+
+    before = threading.active_count()
+    for _ in range(20):
+        enc.encode("one short sentence")
+        enc.encode(TEXTS)
+    assert threading.active_count() == before  # single-chunk calls tokenize in the caller's thread
+    many = TEXTS * 40  # 240 texts at batch 1: four chunks, tokenized ahead in the Encoder's one thread
+    first = enc.encode(many, batch_size=1)
+    threads = tokenizer_threads()
+    assert len(threads) <= 1
+    np.testing.assert_allclose(enc.encode(many, batch_size=1), first, atol=0)
+    assert tokenizer_threads() == threads  # kept, not started again
+    np.testing.assert_allclose(first, np.tile(enc.encode(TEXTS), (40, 1)), atol=1e-5)
+
+
+def test_openvino_backend_matches_onnxruntime(tiny_bundle: Path, enc: Encoder) -> None:
+    pytest.importorskip("openvino", reason="the openvino extra is not installed")
+    from fastemb.backends.openvino import cpu_has_bf16
+
+    ref = enc.encode(TEXTS)
+    ov = Encoder(tiny_bundle, backend="openvino")
+    assert ov.provider == "OpenVINO CPU (f32)"
+    assert cosines(ov.encode(TEXTS), ref).min() >= 0.9999
+    np.testing.assert_allclose(ov.encode(TEXTS[1]), ov.encode(TEXTS)[1], atol=1e-5)  # one text == in a batch
+    np.testing.assert_allclose(ov.encode(TEXTS, normalize=False), enc.encode(TEXTS, normalize=False), rtol=1e-3, atol=1e-4)
+    if cpu_has_bf16():  # bfloat16 keeps 8 bits of mantissa: a random tiny model loses more than MiniLM (README)
+        assert cosines(Encoder(tiny_bundle, backend="openvino-bf16").encode(TEXTS), ref).min() >= 0.99
+    with pytest.raises(ValueError, match="backend must be one of onnxruntime, openvino, openvino-bf16"):
+        Encoder(tiny_bundle, backend="tvm")
+    with pytest.raises(ValueError, match="runs on the CPU"):
+        Encoder(tiny_bundle, backend="openvino", device="cuda")
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
 def test_shapes(enc: Encoder) -> None:

@@ -110,7 +110,7 @@ def test_int8_and_optimized_exports(tiny_bert: Path, tmp_path: Path) -> None:
     import onnx
 
     ops = {n.op_type for n in onnx.load(str(q / "model.onnx")).graph.node}
-    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops
+    assert "MatMulNBits" in ops and "DynamicQuantizeLinear" not in ops  # per-token scales, not per-batch
     assert "Attention" in {n.op_type for n in onnx.load(str(tmp_path / "opt" / "model.onnx")).graph.node}
 
 
@@ -121,6 +121,40 @@ def test_failed_check_leaves_nothing_behind(tiny_bert: Path, tmp_path: Path, mon
     with pytest.raises(ExportCheckError, match="minimum cosine"):
         export(tiny_bert, tmp_path / "b", log=None)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_int8_check_leaves_nothing_behind(tiny_bert: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # the int8 graph's STS-B dev score is lowered by 5 points (torch's is real): a drop beyond the
+    # allowed 1.0 must raise, name both scores, and leave neither the bundle nor a staging directory
+    from fastemb.export import check
+
+    real = check.stsb_dev
+
+    def lowered_for_the_bundle(encode):
+        score = real(encode)
+        return score - 5.0 if isinstance(getattr(encode, "__self__", None), Encoder) else score
+
+    monkeypatch.setattr(check, "stsb_dev", lowered_for_the_bundle)
+    with pytest.raises(ExportCheckError, match=r"drops (4\.9\d|5\.0\d) points \(.*\), more than the allowed 1\.0"):
+        export(tiny_bert, tmp_path / "q", quantize="int8", log=None)
+    assert list(tmp_path.iterdir()) == []
+    # the same export with a wider allowance passes
+    assert (export(tiny_bert, tmp_path / "q", quantize="int8", log=None, max_int8_drop=6.0) / MANIFEST).is_file()
+
+
+@pytest.mark.parametrize("method", ["static", "per-token"])
+def test_int8_vector_does_not_depend_on_batch_mates(tiny_bert: Path, tmp_path: Path, method: str) -> None:
+    # dynamic int8 takes one activation scale over the whole batch; these methods must not
+    q = Encoder(export(tiny_bert, tmp_path / "q", quantize="int8", int8_method=method, check=False, log=None))
+    probe = "the same text, many times"
+    mates = ["x", "a much longer text that sets the padding and the activation range " * 4, "?!"]
+    calls = [q.encode([probe] * 100 + mates, batch_size=32)[:100], q.encode(probe)[None],
+             q.encode(mates * 5 + [probe], batch_size=4)[-1:], q.encode([probe] + TEXTS, batch_size=64)[:1]]
+    vecs = np.concatenate(calls)
+    assert cosines(vecs, np.repeat(vecs[:1], len(vecs), 0)).min() >= 0.9999
+    with pytest.raises(ValueError, match="int8_method must be one of"):
+        export(tiny_bert, tmp_path / "r", quantize="int8", int8_method="sometimes", log=None)
 
 
 def test_existing_output_is_refused_unless_overwrite(tiny_bert: Path, tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ def export(
     check: bool = True,
     max_int8_drop: float | None = None,
     smooth_alpha: float | None = 0.7,
+    int8_method: str = "per-token",
     log: Callable[[str], None] | None = print,
 ) -> Path:
     """Export ``src`` (sentence-transformers, Hugging Face BERT-family or distill TextCNN
@@ -41,7 +42,8 @@ def export(
     The bundle is built in a staging directory and renamed to ``out`` only after the check
     passes: the float32 graph must give cosine >= 0.9999 to the torch model on every check
     sentence; an int8 graph must keep STS-B dev Spearman within ``max_int8_drop`` points (default
-    1.0) of the torch model; an fp16 graph must give cosine >= 0.999 where it can run. A failed
+    1.0) of the torch model; ``int8_method`` picks where int8 activation scales come from
+    (:func:`~fastemb.export.onnx_graph.quantize_int8`); an fp16 graph must give cosine >= 0.999 where it can run. A failed
     check raises :class:`~fastemb.export.check.ExportCheckError` and leaves nothing behind.
     """
     from fastemb.export import check as chk
@@ -50,6 +52,8 @@ def export(
 
     check_arguments(src, out, quantize=quantize, fp16=fp16, pooling=pooling, max_length=max_length,
                     overwrite=overwrite, max_int8_drop=max_int8_drop, smooth_alpha=smooth_alpha)
+    if quantize == "int8" and int8_method not in onnx_graph.INT8_METHODS:
+        raise ValueError(f"int8_method must be one of {', '.join(onnx_graph.INT8_METHODS)}, got {int8_method!r}")
     say = log or (lambda _msg: None)
     t0 = time.perf_counter()
     source = load_source(src, pooling=pooling, max_length=max_length)
@@ -76,15 +80,16 @@ def export(
             fp32 = stage / ".fp32.onnx"
             graph.replace(fp32)
             if quantize == "int8":
+                calibration = _calibration_feeds(stage, source)
                 if smooth_alpha is not None:
                     from fastemb.export.smooth import smooth
 
-                    n = smooth(fp32, fp32, _calibration_feeds(stage, source), alpha=smooth_alpha)
+                    n = smooth(fp32, fp32, calibration, alpha=smooth_alpha)
                     say(f"SmoothQuant (alpha {smooth_alpha}): rescaled {n} MatMul inputs")
-                onnx_graph.quantize_int8(fp32, graph)
+                onnx_graph.quantize_int8(fp32, graph, int8_method, calibration)
                 manifest.precision = "int8"
-                manifest.source["smooth_alpha"] = smooth_alpha
-                say("quantized to int8 (dynamic: int8 weights per channel, uint8 activations per tensor)")
+                manifest.source.update(smooth_alpha=smooth_alpha, int8_method=int8_method)
+                say(f"quantized to int8 ({int8_method} activation scales)")
                 if source.info.get("folded"):  # a TextCNN's lookup table (see source.py)
                     n = onnx_graph.quantize_tables(graph, graph)
                     say(f"stored {n} lookup table(s) as int8 rows with float32 row scales")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 
 from fastemb.export.source import Source
@@ -44,21 +45,86 @@ def optimize(path: Path, out: Path, num_heads: int, hidden_size: int) -> dict[st
     return {k: v for k, v in model.get_fused_operator_statistics().items() if v}
 
 
-def quantize_int8(path: Path, out: Path, exclude: list[str] | None = None) -> None:
-    """Dynamic int8: weights int8 per output channel, activations uint8 per tensor at run time.
+INT8_METHODS = ("static", "per-token", "dynamic")
 
-    MatMul (and fused Attention) nodes are quantized; pooling and normalization stay float32.
+
+def quantize_int8(path: Path, out: Path, method: str = "static", calibration: Iterable[dict] | None = None,
+                  exclude: list[str] | None = None, block_size: int = 32) -> None:
+    """int8 weights (per output channel) and int8 activations for the dense MatMuls.
+
+    ``method`` says where the activation scales come from:
+
+    - ``static``: calibrated at export on ``calibration`` (feeds), one per tensor, stored in the
+      graph as QuantizeLinear / DequantizeLinear pairs (uint8 activations, int8 weights per output
+      channel). A text's vector does not depend on its batch-mates.
+    - ``per-token``: ``MatMulNBits`` with 8-bit weights in blocks of ``block_size`` along the input
+      dimension and ``accuracy_level`` 4: onnxruntime quantizes each activation row (token) in the
+      same blocks at run time. Also independent of the batch.
+    - ``dynamic``: one activation scale per tensor per call (``DynamicQuantizeLinear``): the scale
+      depends on every text of the batch, so a text's vector does too (the first int8 version,
+      kept for comparison in bench/int8_sweep.py).
+
+    Pooling and normalization stay float32.
     """
     import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    if method not in INT8_METHODS:
+        raise ValueError(f"int8 method must be one of {', '.join(INT8_METHODS)}, got {method!r}")
     model = onnx.load(str(path))
     keep_fp32 = [n.name for n in model.graph.node if _is_head_node(n.name)] + list(exclude or [])
-    quantize_dynamic(
-        str(path), str(out), per_channel=True, weight_type=QuantType.QInt8,
-        op_types_to_quantize=["MatMul", "Attention", "Gemm"], nodes_to_exclude=keep_fp32,
-        extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
+    if method == "static":
+        if calibration is None:
+            raise ValueError("static int8 needs calibration feeds")
+        _quantize_static(path, out, calibration, keep_fp32)
+    elif method == "per-token":
+        import logging
+
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+        quiet = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
+        level = quiet.level
+        quiet.setLevel(logging.WARNING)  # it logs every node it skips at INFO
+        try:
+            q = MatMulNBitsQuantizer(model, bits=8, block_size=block_size, is_symmetric=True, accuracy_level=4,
+                                     nodes_to_exclude=keep_fp32)
+            q.process()
+            q.model.save_model_to_file(str(out))
+        finally:
+            quiet.setLevel(level)
+    else:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(
+            str(path), str(out), per_channel=True, weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul", "Attention", "Gemm"], nodes_to_exclude=keep_fp32,
+            extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
+
+
+def _quantize_static(path: Path, out: Path, calibration: Iterable[dict], keep_fp32: list[str]) -> None:
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
     )
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.feeds = iter(calibration)
+
+        def get_next(self) -> dict | None:
+            return next(self.feeds, None)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize_static(
+            str(path), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
+            nodes_to_exclude=keep_fp32, calibrate_method=CalibrationMethod.MinMax,
+            extra_options={"MatMulConstBOnly": True},
+        )
 
 
 def to_fp16(path: Path, out: Path) -> None:
