@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from distill.objectives.base import Example
+from fastemb.sts import read_scored_pairs as read_sts
 
 NLI_HEADER = ["sent0", "sent1", "hard_neg"]
 
@@ -36,29 +37,9 @@ def _nonempty(path: Path, rows: list[Example]) -> list[Example]:
 
 
 def read_scored_pairs(path: str | Path) -> list[Example]:
-    path = Path(path)
-    rows: list[Example] = []
-    for lineno, line in _lines(path):
-        if not line.strip():
-            continue
-        cols = line.split("\t")
-        if len(cols) >= 7:
-            s1, s2, score = cols[5], cols[6], cols[4]
-        elif len(cols) == 3:
-            s1, s2, score = cols
-        else:
-            raise ValueError(
-                f"{path}:{lineno}: expected STS-B format (7+ tab-separated columns) or "
-                f"'sentence1<TAB>sentence2<TAB>score', got {len(cols)} columns"
-            )
-        try:
-            value = float(score)
-        except ValueError:
-            raise ValueError(f"{path}:{lineno}: score is not a number: {score!r}") from None
-        if not s1.strip() or not s2.strip():
-            raise ValueError(f"{path}:{lineno}: empty sentence")
-        rows.append(Example((s1, s2), value))
-    return _nonempty(path, rows)
+    pairs = read_sts(path)  # one reader of both formats (fastemb.sts)
+    return [Example((a, b), score)
+            for a, b, score in zip(pairs.sentences1, pairs.sentences2, pairs.scores.tolist(), strict=True)]
 
 
 def read_nli_triplets(path: str | Path) -> list[Example]:

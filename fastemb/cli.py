@@ -25,6 +25,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-length", type=int, help="truncate texts at this many tokens")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.add_argument("--no-check", action="store_true", help="skip the comparison with the torch model")
+    p.add_argument("--eval-pairs", metavar="FILE",
+                   help="scored sentence pairs the int8 check compares Spearman on: STS-B format or "
+                        "'sentence1<TAB>sentence2<TAB>score' lines (default: the shipped STS-B dev split)")
+    p.add_argument("--max-int8-drop", type=float, metavar="POINTS",
+                   help="largest Spearman drop (x 100) the int8 check allows (default 1.0)")
     p.add_argument("--tensorrt", action="store_true", help="also build model.plan for this machine's GPU (needs fastemb[tensorrt])")
     p.add_argument("--tensorrt-precision", choices=["fp32", "fp16", "int8"], default="fp16",
                    help="engine precision; pooling and normalization stay float32 (default fp16)")
@@ -77,7 +82,8 @@ def _run(args: argparse.Namespace) -> int:
 
             preflight(args.tensorrt_batch, args.tensorrt_seq)
         export(args.src, args.out, quantize=args.quantize, optimize=args.optimize, fp16=args.fp16,
-               pooling=args.pooling, max_length=args.max_length, overwrite=args.overwrite, check=not args.no_check)
+               pooling=args.pooling, max_length=args.max_length, overwrite=args.overwrite, check=not args.no_check,
+               eval_pairs=args.eval_pairs, max_int8_drop=args.max_int8_drop)
         if args.tensorrt:
             from fastemb.export.tensorrt import export_tensorrt
 

@@ -129,13 +129,13 @@ def test_failed_int8_check_leaves_nothing_behind(tiny_bert: Path, tmp_path: Path
     # allowed 1.0 must raise, name both scores, and leave neither the bundle nor a staging directory
     from fastemb.export import check
 
-    real = check.stsb_dev
+    real = check.score_pairs
 
-    def lowered_for_the_bundle(encode):
-        score = real(encode)
+    def lowered_for_the_bundle(encode, pairs):
+        score = real(encode, pairs)
         return score - 5.0 if isinstance(getattr(encode, "__self__", None), Encoder) else score
 
-    monkeypatch.setattr(check, "stsb_dev", lowered_for_the_bundle)
+    monkeypatch.setattr(check, "score_pairs", lowered_for_the_bundle)
     with pytest.raises(ExportCheckError, match=r"drops (4\.9\d|5\.0\d) points \(.*\), more than the allowed 1\.0"):
         export(tiny_bert, tmp_path / "q", quantize="int8", log=None)
     assert list(tmp_path.iterdir()) == []
@@ -211,6 +211,10 @@ def test_cli_refuses_bad_arguments_before_loading_the_model(tiny_bert: Path, tmp
         (["--max-length", "-5", "--no-check"], "max_length must be an integer >= 2, got -5"),
         (["--max-length", "0"], "max_length must be an integer >= 2, got 0"),
         (["--quantize", "int8", "--fp16"], "choose one of quantize='int8' (CPU) and fp16=True (GPU), not both"),
+        (["--eval-pairs", str(tiny_bert / "config.json")],
+         "eval_pairs are what the int8 check scores on: pass them with quantize='int8' and check on"),
+        (["--quantize", "int8", "--eval-pairs", str(tmp_path / "none.tsv")],
+         f"scored pairs file not found: {tmp_path / 'none.tsv'}"),
     ]
     for extra, message in cases:
         assert main(["export", str(tiny_bert), str(tmp_path / "out"), *extra]) == 2
@@ -223,6 +227,61 @@ def test_cli_refuses_bad_arguments_before_loading_the_model(tiny_bert: Path, tmp
     assert "would delete the input" in capsys.readouterr().err
     assert (tiny_bert / "config.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+
+PAIRS = [("A man is playing a guitar.", "A man plays the guitar.", 4.8),
+         ("A woman is slicing an onion.", "A woman is cutting an onion.", 4.2),
+         ("A dog runs in the park.", "A cat sleeps on the sofa.", 0.6),
+         ("The stock market fell sharply today.", "Shares dropped a lot today.", 3.9),
+         ("Two kids are playing football.", "Children play soccer outside.", 3.5),
+         ("He is cooking pasta.", "The plane landed on time.", 0.0),
+         ("The sun is shining.", "It is a sunny day.", 4.0),
+         ("A boy reads a book.", "A girl writes a letter.", 1.2)]
+
+
+def test_int8_check_scores_the_eval_pairs_given(tiny_bert: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """--eval-pairs FILE (here the 3-column format): the int8 check's bundle Spearman is scipy's
+    on the bundle's own cosines of those pairs, and the manifest names the file."""
+    from scipy.stats import spearmanr
+
+    from fastemb.cli import main
+
+    pairs = tmp_path / "domain.tsv"
+    pairs.write_text("".join(f"{a}\t{b}\t{s}\n" for a, b, s in PAIRS), encoding="utf-8")
+    assert main(["export", str(tiny_bert), str(tmp_path / "q"), "--quantize", "int8", "--eval-pairs", str(pairs),
+                 "--max-int8-drop", "100"]) == 0
+    assert "check int8: domain.tsv Spearman" in capsys.readouterr().out
+    report = Bundle(tmp_path / "q").manifest.extra["checks"][-1]
+    assert report["precision"] == "int8" and report["eval_pairs"] == "domain.tsv"
+    enc = Encoder(tmp_path / "q")
+    u, v = enc.encode([a for a, _, _ in PAIRS]), enc.encode([b for _, b, _ in PAIRS])
+    expected = 100 * spearmanr(cosines(u, v), [s for _, _, s in PAIRS]).statistic
+    assert report["eval_spearman_bundle"] == pytest.approx(expected, abs=1e-3)
+
+
+def test_default_eval_pairs_are_the_shipped_stsb_dev_split() -> None:
+    """STS-B dev, 1,500 pairs, ships inside fastemb with its license (not in distill)."""
+    from fastemb.export.check import read_eval_pairs
+    from fastemb.sts import STSB_DEV
+
+    assert STSB_DEV.is_relative_to(ROOT / "fastemb") and (STSB_DEV.parent / "LICENSE.txt").is_file()
+    pairs = read_eval_pairs(None)
+    first = STSB_DEV.read_text(encoding="utf-8").splitlines()[0].split("\t")
+    assert len(pairs) == 1500 and (pairs.sentences1[0], pairs.sentences2[0], pairs.scores[0]) == (
+        first[5], first[6], float(first[4]))
+
+
+def test_eval_pairs_too_few_or_all_equal_are_refused(tmp_path: Path) -> None:
+    from fastemb.export.check import read_eval_pairs
+
+    same = tmp_path / "same.tsv"
+    same.write_text("a\tb\t1\nc\td\t1\ne\tf\t1\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="same.tsv: the evaluation pairs need at least 3 pairs with different scores"):
+        read_eval_pairs(same)
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("a\tb\t1\nc\td\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="bad.tsv:2: expected STS-B format"):
+        read_eval_pairs(bad)
 
 
 def test_max_length_beyond_the_models_positions_is_refused(tiny_bert: Path, tmp_path: Path) -> None:

@@ -34,6 +34,7 @@ def export(
     max_int8_drop: float | None = None,
     smooth_alpha: float | None = 0.7,
     int8_method: str = "per-token",
+    eval_pairs: str | Path | None = None,
     log: Callable[[str], None] | None = print,
 ) -> Path:
     """Export ``src`` (sentence-transformers, Hugging Face BERT-family or distill TextCNN
@@ -41,8 +42,9 @@ def export(
 
     The bundle is built in a staging directory and renamed to ``out`` only after the check
     passes: the float32 graph must give cosine >= 0.9999 to the torch model on every check
-    sentence; an int8 graph must keep STS-B dev Spearman within ``max_int8_drop`` points (default
-    1.0) of the torch model; ``int8_method`` picks where int8 activation scales come from
+    sentence; an int8 graph must keep the Spearman correlation on ``eval_pairs`` (a file of scored
+    sentence pairs, :func:`fastemb.sts.read_scored_pairs`; default the shipped STS-B dev split)
+    within ``max_int8_drop`` points (default 1.0) of the torch model; ``int8_method`` picks where int8 activation scales come from
     (:func:`~fastemb.export.onnx_graph.quantize_int8`); an fp16 graph must give cosine >= 0.999 where it can run. A failed
     check raises :class:`~fastemb.export.check.ExportCheckError` and leaves nothing behind.
     """
@@ -54,6 +56,9 @@ def export(
                     overwrite=overwrite, max_int8_drop=max_int8_drop, smooth_alpha=smooth_alpha)
     if quantize == "int8" and int8_method not in onnx_graph.INT8_METHODS:
         raise ValueError(f"int8_method must be one of {', '.join(onnx_graph.INT8_METHODS)}, got {int8_method!r}")
+    if eval_pairs is not None and not (quantize == "int8" and check):
+        raise ValueError("eval_pairs are what the int8 check scores on: pass them with quantize='int8' and check on")
+    pairs = chk.read_eval_pairs(eval_pairs) if quantize == "int8" and check else None
     say = log or (lambda _msg: None)
     t0 = time.perf_counter()
     source = load_source(src, pooling=pooling, max_length=max_length)
@@ -73,7 +78,7 @@ def export(
             pooling=source.pooling, normalize=source.normalize, precision="fp32",
             source={**source.info, "optimized": bool(optimize), "fused_operators": fused},
         )
-        checker = _Checker(stage, manifest, source, say) if check else None
+        checker = _Checker(stage, manifest, source, say, pairs, eval_pairs) if check else None
         if checker:
             checker.run("fp32", chk.FP32_MIN_COSINE)
         if quantize or fp16:
@@ -159,10 +164,13 @@ def _calibration_feeds(stage: Path, source) -> list[dict]:
 class _Checker:
     """Runs the bundle being built through the real Encoder and compares it with torch."""
 
-    def __init__(self, stage: Path, manifest: Manifest, source, say: Callable[[str], None]) -> None:
+    def __init__(self, stage: Path, manifest: Manifest, source, say: Callable[[str], None],
+                 pairs=None, pairs_file: str | Path | None = None) -> None:
         from fastemb.export import check as chk
 
         self.stage, self.manifest, self.source, self.say = stage, manifest, source, say
+        self.pairs = pairs  # the int8 check's scored pairs (fastemb.sts.ScoredPairs)
+        self.pairs_name = "STS-B dev" if pairs_file is None else Path(pairs_file).name
         self.texts = chk.check_texts()
         self.reference = chk.torch_vectors(source.module, source.tokenizer_file, source.max_length,
                                            source.inputs, self.texts)
@@ -189,17 +197,19 @@ class _Checker:
         rep = chk.compare(self.reference, vectors, precision, min_cosine)
         if precision == "int8":
             src = self.source
-            rep.stsb_dev_source = chk.stsb_dev(
-                lambda t: chk.torch_vectors(src.module, src.tokenizer_file, src.max_length, src.inputs, t))
-            rep.stsb_dev_bundle = chk.stsb_dev(encoder.encode)
-            drop = rep.stsb_dev_source - rep.stsb_dev_bundle
+            rep.eval_pairs = self.pairs_name
+            rep.eval_spearman_source = chk.score_pairs(
+                lambda t: chk.torch_vectors(src.module, src.tokenizer_file, src.max_length, src.inputs, t), self.pairs)
+            rep.eval_spearman_bundle = chk.score_pairs(encoder.encode, self.pairs)
+            drop = rep.eval_spearman_source - rep.eval_spearman_bundle
             limit = chk.INT8_MAX_STSB_DROP if max_int8_drop is None else max_int8_drop
-            self.say(f"check int8: STS-B dev {rep.stsb_dev_bundle:.2f} vs {rep.stsb_dev_source:.2f} in torch "
-                     f"(drop {drop:.2f}, allowed {limit}); min cosine to torch {rep.min_cosine:.4f}")
+            self.say(f"check int8: {self.pairs_name} Spearman {rep.eval_spearman_bundle:.2f} vs "
+                     f"{rep.eval_spearman_source:.2f} in torch (drop {drop:.2f}, allowed {limit}); "
+                     f"min cosine to torch {rep.min_cosine:.4f}")
             if drop > limit:
                 raise chk.ExportCheckError(
-                    f"int8 export check failed: STS-B dev Spearman drops {drop:.2f} points "
-                    f"({rep.stsb_dev_source:.2f} -> {rep.stsb_dev_bundle:.2f}), more than the allowed {limit}")
+                    f"int8 export check failed: {self.pairs_name} Spearman drops {drop:.2f} points "
+                    f"({rep.eval_spearman_source:.2f} -> {rep.eval_spearman_bundle:.2f}), more than the allowed {limit}")
         else:
             self.say(f"check {precision}: min cosine to torch {rep.min_cosine:.6f} over {rep.sentences} texts")
         self.reports.append(rep.as_dict())

@@ -8,12 +8,14 @@ from typing import Any
 
 import numpy as np
 
+from fastemb.sts import STSB_DEV, ScoredPairs, evaluate, read_scored_pairs
 from fastemb.tokenize import load_tokenizer, pad_batch, pad_id_of
 
 CHECK_SENTENCES = Path(__file__).resolve().parent / "check_sentences.txt"
 FP32_MIN_COSINE = 0.9999
 FP16_MIN_COSINE = 0.999
-# int8 must keep STS-B dev Spearman within this many points of the float32 model (README).
+# int8 must keep the evaluation pairs' Spearman (STS-B dev by default) within this many points of
+# the torch model (README).
 INT8_MAX_STSB_DROP = 1.0
 
 
@@ -27,8 +29,9 @@ class CheckReport:
     sentences: int
     min_cosine: float
     mean_cosine: float
-    stsb_dev_source: float | None = None
-    stsb_dev_bundle: float | None = None
+    eval_pairs: str | None = None  # the int8 check's scored pairs (a file, or the shipped STS-B dev)
+    eval_spearman_source: float | None = None
+    eval_spearman_bundle: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
@@ -77,8 +80,18 @@ def compare(reference: np.ndarray, vectors: np.ndarray, precision: str, min_cosi
     return report
 
 
-def stsb_dev(encode: Any) -> float:
-    """STS-B dev Spearman x 100 (never test: export must not look at the test split)."""
-    from distill.sts import evaluate_sts
+def read_eval_pairs(path: str | Path | None) -> ScoredPairs:
+    """The int8 check's scored pairs: ``path`` (STS-B or ``s1 TAB s2 TAB score``, see
+    :func:`fastemb.sts.read_scored_pairs`), or the shipped STS-B dev split when None (never
+    test: export must not look at the test split)."""
+    where = STSB_DEV if path is None else Path(path)
+    pairs = read_scored_pairs(where)
+    if len(pairs) < 3 or np.ptp(pairs.scores) == 0:
+        raise ValueError(f"{where}: the evaluation pairs need at least 3 pairs with different scores "
+                         f"(got {len(pairs)} pair(s), scores {sorted(set(pairs.scores.tolist()))[:3]})")
+    return pairs
 
-    return evaluate_sts(encode, "dev")
+
+def score_pairs(encode: Any, pairs: ScoredPairs) -> float:
+    """Spearman x 100 of ``encode``'s cosine similarities against the gold scores of ``pairs``."""
+    return evaluate(encode, pairs)
