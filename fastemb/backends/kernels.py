@@ -102,8 +102,8 @@ class FusedPoolNormalize:
 
 
 def reference(hidden: Any, mask: Any) -> tuple[Any, Any]:
-    """The unfused torch ops the kernel replaces (same as the ONNX graph's pooling head)."""
-    h = hidden.float()
-    m = mask.unsqueeze(-1).to(h.dtype)
-    pooled = (h * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)
-    return pooled / pooled.norm(p=2, dim=-1, keepdim=True).clamp(min=1e-12), pooled
+    """The unfused torch ops the kernel replaces: the ONNX graph's pooling head (fastemb.export.heads)."""
+    from fastemb.export.heads import l2_normalize, pool
+
+    pooled = pool(hidden, mask, "mean")
+    return l2_normalize(pooled), pooled

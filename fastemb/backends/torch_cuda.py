@@ -152,19 +152,13 @@ class TorchCudaBackend:
     # -- forward -------------------------------------------------------------------------------
     def forward(self, ids: Any, mask: Any, types: Any = None) -> tuple[Any, Any]:
         """Device tensors in, ``(normalized, pooled)`` float32 ``[batch, dim]`` device tensors out."""
+        from fastemb.export.heads import l2_normalize, pool
+
         h = self.model(ids, mask, types)
         if self.fused is not None:
             return self.fused(h, mask, want_pooled=True)
-        h = h.float()
-        m = mask.unsqueeze(-1).to(h.dtype)
-        if self.pooling == "mean":
-            v = (h * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)
-        elif self.pooling == "cls":
-            v = h[:, 0]
-        else:
-            v = h.masked_fill(m == 0, float("-inf")).amax(dim=1)
-        v = self.dense(v)
-        return v / v.norm(p=2, dim=-1, keepdim=True).clamp(min=1e-12), v
+        v = self.dense(pool(h, mask, self.pooling))  # the export graph's head (fastemb.export.heads)
+        return l2_normalize(v), v
 
     def run(self, feed: dict[str, np.ndarray], output: str) -> np.ndarray:
         if output not in self.outputs:
