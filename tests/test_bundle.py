@@ -28,8 +28,10 @@ def edited(bundle: Path, where: Path, keep_checksum: bool = True, **changes: obj
 
 
 @pytest.mark.parametrize("field, value", [("dim", 768), ("max_length", 100_000), ("pooling", "cls"),
-                                          ("normalize", False)])
+                                          ("normalize", "flipped")])
 def test_an_edited_manifest_is_refused(tiny_bundle: Path, tmp_path: Path, field: str, value: object) -> None:
+    if value == "flipped":  # whatever the source model does, the edit says the opposite
+        value = not json.loads((tiny_bundle / MANIFEST).read_text())[field]
     b = edited(tiny_bundle, tmp_path, **{field: value})
     with pytest.raises(BundleError, match="fastemb.json was changed after export"):
         Encoder(b)

@@ -6,7 +6,7 @@ a model type with a loader, registered under a name in one of two ways:
 - an entry point in its distribution's metadata (``pyproject.toml``), found without importing it::
 
       [project.entry-points."fastemb.export.sources"]
-      textcnn = "distill.textcnn:export_source"
+      textcnn = "distill.exporters:textcnn_source"
 
 - or :func:`register` at run time (``distill`` registers its types when it is imported, which
   also covers a source tree on ``PYTHONPATH`` that was never installed).
