@@ -117,3 +117,16 @@ def test_int8_bundle_equals_per_row_reference_and_ignores_batch_mates(tiny_bert:
     rows = np.concatenate([enc.encode(probe)[None], enc.encode([probe] * 100 + mates)[:100],
                            enc.encode(mates * 5 + [probe], batch_size=4)[-1:], enc.encode([probe] + TEXTS, batch_size=64)[:1]])
     assert (rows @ rows[0]).min() >= 0.99999
+
+
+def test_openvino_reads_the_per_row_bundle_as_weight_only_int8(tiny_bert: Path, tmp_path: Path) -> None:
+    pytest.importorskip("openvino", reason="the openvino extra is not installed")
+    out = export(tiny_bert, tmp_path / "q", quantize="int8", check=False, log=None)
+    ours = Encoder(out, backend="onnxruntime").encode(TEXTS)
+    ov = Encoder(out, backend="openvino")
+    assert ov.provider.startswith("OpenVINO")
+    got = ov.encode(TEXTS)
+    # OpenVINO quantizes the activations its own way (groups along each row), so close, not equal
+    assert (got * ours).sum(1).min() >= 0.99
+    fp32 = Encoder(export(tiny_bert, tmp_path / "f", check=False, log=None), backend="onnxruntime").encode(TEXTS)
+    assert (got * fp32).sum(1).min() >= 0.99

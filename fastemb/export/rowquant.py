@@ -114,3 +114,45 @@ def quantize_per_row(path: Path, out: Path, exclude: list[str] | None = None) ->
     graph.initializer.extend(keep)
     onnx.save(model, str(out))
     return sum(len(v) for v in groups.values())
+
+
+def weight_only(model):
+    """The same per-row graph (an ``onnx.ModelProto``) for runtimes that quantize activations
+    themselves: each per-row product becomes ``MatMul(X, DequantizeLinear(Wq, w_n, axis=1))``,
+    float activations and the same int8 weights (OpenVINO compiles that as int8-compressed weights
+    with its own per-token dynamic quantization; its ONNX reader cannot broadcast the per-row
+    ``QuantizeLinear`` scale). Returns ``model`` rewritten in place."""
+    from onnx import helper
+
+    graph = model.graph
+    acts, weights, scales, outs = {}, {}, {}, {}
+    for n in graph.node:
+        if not n.name.startswith("/rowq/"):
+            continue
+        stem, kind = n.name.rsplit("/", 1)
+        if kind == "Flatten":
+            acts[stem] = n.input[0]
+        elif kind == "MatMulInteger":
+            weights[stem] = n.input[1]
+        elif kind == "ColScale":
+            scales[stem] = n.input[1]
+        elif kind == "Unflatten":
+            outs[stem] = n.output[0]
+    nodes = []
+    for n in graph.node:
+        if not n.name.startswith("/rowq/"):
+            nodes.append(n)
+            continue
+        stem, kind = n.name.rsplit("/", 1)
+        if kind == "Unflatten":
+            act = acts[stem.rsplit("/", 1)[0]]
+            nodes += [helper.make_node("DequantizeLinear", [weights[stem], scales[stem]], [f"{stem}/w"],
+                                       name=f"{stem}/DequantizeWeight", axis=1),
+                      helper.make_node("MatMul", [act, f"{stem}/w"], [outs[stem]], name=f"{stem}/MatMul")]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return model
+
+
+def is_per_row(model) -> bool:
+    return any(n.name.startswith("/rowq/") and n.op_type == "MatMulInteger" for n in model.graph.node)
