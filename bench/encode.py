@@ -21,6 +21,9 @@ Peers that need other package versions than the shared venv run with their own v
 
     python bench/encode.py [--rounds 3] [--bundles .cache/bench] [--ov-python PY] [--onnx-python PY]
 
+``BUNDLES/minilm-int8-nbits``, if it holds a bundle (the MatMulNBits int8 of the previous version:
+``fastemb export ... --quantize int8`` with ``int8_method="per-token"``), is timed beside the others.
+
 A peer whose Python is missing is left out and named in the results. The peers' models are built
 once under ``--bundles`` (bench/_engine.py ``prepare``).
 """
@@ -161,6 +164,9 @@ def main() -> None:
         "fastemb int8, OpenVINO": ("fastemb-openvino", str(int8), me),
         "fastemb int8, OpenVINO bf16": ("fastemb-openvino-bf16", str(int8), me),
     }
+    nbits = root / "minilm-int8-nbits"  # the previous int8 bundle (MatMulNBits), compared where present
+    if (nbits / "fastemb.json").is_file():
+        engines["fastemb int8 MatMulNBits (previous)"] = ("fastemb", str(nbits), me)
     prepare = {"st-onnx": ("st-onnx-int8", args.onnx_python), "st-ov": ("openvino-nncf-int8", args.ov_python)}
     missing = {}
     for name, (_, path, python) in list(engines.items()):
@@ -218,7 +224,7 @@ def main() -> None:
     body = table(["engine", "sentences/s", "vs ST", "b1 p50 ms", "b1 p99 ms", "STS-B test", "min cos to fp32",
                   "batch indep.", "steal", "CPU"], rows)
     peers = [n for n in running if not n.startswith("fastemb") and n != ST]
-    ours = [n for n in running if n.startswith("fastemb int8")]
+    ours = [n for n in running if n.startswith("fastemb int8") and "previous" not in n]
     if peers and ours:
         top, fast1 = max(peers, key=lambda n: best[n]), min(peers, key=lambda n: np.median(latency[n]))
         body += f"\n\nAgainst the fastest peer at batch {args.batch_size} ({top}) and the quickest at batch 1 ({fast1}):"

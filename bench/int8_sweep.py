@@ -20,8 +20,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import table, write_result  # noqa: E402
 
-DEFAULT = ["dynamic:none", "dynamic:0.7", "static:none", "static:0.7", "per-token:none", "per-token:0.5",
-           "per-token:0.7", "per-token:0.8"]
+DEFAULT = ["dynamic:none", "dynamic:0.7", "static:none", "static:0.7", "per-token:none", "per-token:0.7",
+           "per-row:none", "per-row:0.5", "per-row:0.7", "per-row:0.8"]
 
 
 def main() -> None:
@@ -64,7 +64,8 @@ def main() -> None:
     body += ("\n\nall-MiniLM-L6-v2, 2,758 STS-B test sentences, int8 weights. dynamic: one activation scale per "
              "tensor per call (DynamicQuantizeLinear); static: one per tensor calibrated at export on the 304 check "
              "texts (QDQ); per-token: MatMulNBits, 8-bit weights and activations in blocks of 32 along the input, "
-             "activation scales per row (token) at run time. batch indep.: minimum cosine between one text's vectors "
+             "activation scales per row (token) at run time; per-row: one symmetric scale per activation row (token) at run "
+             "time, MatMulInteger against int8 weights with per-column scales. batch indep.: minimum cosine between one text's vectors "
              "in different calls and batches.")
     write_result("int8-sweep", "int8 quality: activation scales and SmoothQuant", body, summary)
 

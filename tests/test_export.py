@@ -110,7 +110,8 @@ def test_int8_and_optimized_exports(tiny_bert: Path, tmp_path: Path) -> None:
     import onnx
 
     ops = {n.op_type for n in onnx.load(str(q / "model.onnx")).graph.node}
-    assert "MatMulNBits" in ops and "DynamicQuantizeLinear" not in ops  # per-token scales, not per-batch
+    # per-row scales on the integer GEMM (the default), not per-batch ones, not MatMulNBits
+    assert "MatMulInteger" in ops and not ops & {"DynamicQuantizeLinear", "MatMulNBits"}
     assert "Attention" in {n.op_type for n in onnx.load(str(tmp_path / "opt" / "model.onnx")).graph.node}
 
 
@@ -143,10 +144,11 @@ def test_failed_int8_check_leaves_nothing_behind(tiny_bert: Path, tmp_path: Path
     assert (export(tiny_bert, tmp_path / "q", quantize="int8", log=None, max_int8_drop=6.0) / MANIFEST).is_file()
 
 
-@pytest.mark.parametrize("method", ["static", "per-token"])
+@pytest.mark.parametrize("method", ["per-row", "static", "per-token"])
 def test_int8_vector_does_not_depend_on_batch_mates(tiny_bert: Path, tmp_path: Path, method: str) -> None:
     # dynamic int8 takes one activation scale over the whole batch; these methods must not
-    q = Encoder(export(tiny_bert, tmp_path / "q", quantize="int8", int8_method=method, check=False, log=None))
+    q = Encoder(export(tiny_bert, tmp_path / "q", quantize="int8", int8_method=method, check=False, log=None),
+                backend="onnxruntime")
     probe = "the same text, many times"
     mates = ["x", "a much longer text that sets the padding and the activation range " * 4, "?!"]
     calls = [q.encode([probe] * 100 + mates, batch_size=32)[:100], q.encode(probe)[None],

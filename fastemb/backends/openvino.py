@@ -9,6 +9,7 @@ float32). One infer request per calling thread.
 
 from __future__ import annotations
 
+import tempfile
 import threading
 from pathlib import Path
 
@@ -48,7 +49,7 @@ class OpenVinoBackend:
         self.threads = int(threads or physical_cores())
         core = ov.Core()
         try:
-            model = core.read_model(str(path))
+            model = _read(core, Path(path))
         except Exception as e:  # OpenVINO raises its own exception types for a bad file
             raise ValueError(f"OpenVINO cannot read ONNX graph {path}: {e}") from None
         config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "INFERENCE_NUM_THREADS": str(self.threads),
@@ -66,3 +67,18 @@ class OpenVinoBackend:
             request = self._local.request = self.compiled.create_infer_request()
         request.infer(feed, share_inputs=True)
         return np.array(request.get_tensor(output).data, dtype=np.float32)  # a copy: the request reuses it
+
+
+def _read(core, path: Path):
+    """``core.read_model``; a per-row int8 graph (fastemb.export.rowquant) is read as its
+    weight-only form: the same int8 weights, activations quantized by OpenVINO's CPU plugin."""
+    import onnx
+
+    model = onnx.load(str(path))
+    from fastemb.export.rowquant import is_per_row, weight_only
+
+    if not is_per_row(model):
+        return core.read_model(str(path))
+    with tempfile.TemporaryDirectory(prefix="fastemb-ov-") as tmp:
+        onnx.save(weight_only(model), f"{tmp}/model.onnx")
+        return core.read_model(f"{tmp}/model.onnx")

@@ -33,7 +33,7 @@ def export(
     check: bool = True,
     max_int8_drop: float | None = None,
     smooth_alpha: float | None = 0.7,
-    int8_method: str = "per-token",
+    int8_method: str = "per-row",
     eval_pairs: str | Path | None = None,
     log: Callable[[str], None] | None = print,
 ) -> Path:

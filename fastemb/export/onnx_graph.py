@@ -45,15 +45,18 @@ def optimize(path: Path, out: Path, num_heads: int, hidden_size: int) -> dict[st
     return {k: v for k, v in model.get_fused_operator_statistics().items() if v}
 
 
-INT8_METHODS = ("static", "per-token", "dynamic")
+INT8_METHODS = ("per-row", "static", "per-token", "dynamic")
 
 
-def quantize_int8(path: Path, out: Path, method: str = "static", calibration: Iterable[dict] | None = None,
+def quantize_int8(path: Path, out: Path, method: str = "per-row", calibration: Iterable[dict] | None = None,
                   exclude: list[str] | None = None, block_size: int = 32) -> None:
     """int8 weights (per output channel) and int8 activations for the dense MatMuls.
 
     ``method`` says where the activation scales come from:
 
+    - ``per-row``: every activation row (token) quantized on its own at run time (symmetric, one
+      scale per row), then onnxruntime's integer GEMM (``MatMulInteger``) against int8 weights with
+      one scale per output column (:mod:`fastemb.export.rowquant`). Independent of the batch.
     - ``static``: calibrated at export on ``calibration`` (feeds), one per tensor, stored in the
       graph as QuantizeLinear / DequantizeLinear pairs (uint8 activations, int8 weights per output
       channel). A text's vector does not depend on its batch-mates.
@@ -72,7 +75,11 @@ def quantize_int8(path: Path, out: Path, method: str = "static", calibration: It
         raise ValueError(f"int8 method must be one of {', '.join(INT8_METHODS)}, got {method!r}")
     model = onnx.load(str(path))
     keep_fp32 = [n.name for n in model.graph.node if _is_head_node(n.name)] + list(exclude or [])
-    if method == "static":
+    if method == "per-row":
+        from fastemb.export.rowquant import quantize_per_row
+
+        quantize_per_row(path, out, exclude=keep_fp32)
+    elif method == "static":
         if calibration is None:
             raise ValueError("static int8 needs calibration feeds")
         _quantize_static(path, out, calibration, keep_fp32)
