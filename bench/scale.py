@@ -254,6 +254,7 @@ def main() -> None:
     ap.add_argument("--name", default="scale", help="results file name under bench/results/")
     ap.add_argument("--engines", default="single,ray",
                     help="engines to run now; the others' figures come from an earlier call's ENGINE-N.json")
+    ap.add_argument("--keep", action="store_true", help="run only what has no ENGINE-N.json from an earlier call")
     ap.add_argument("--worker", choices=["single", "ray"], help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--input", help=argparse.SUPPRESS)
@@ -282,7 +283,7 @@ def main() -> None:
         pair = []
         for engine in ("single", "ray"):
             saved = work / f"{engine}-{n}.json"
-            if engine not in now:
+            if engine not in now or (args.keep and earlier_run(saved, setup) is not None):
                 if (run := earlier_run(saved, setup)) is not None:
                     pair.append(run)
                 continue
@@ -340,7 +341,11 @@ def main() -> None:
                "ray_vs_single_per_cpu_s": big["ray"]["ratio_per_cpu_s"],
                "single_process_reordered_min_cos": round(order_cos, 6),
                "goal_ray_within_15pct": big["ray"]["ratio"] >= 0.85, "runs": runs}
-    notes = [f"\n\nInt8 teacher bundle `{bundle.name}` (all-MiniLM-L6-v2, SmoothQuant int8), the shipped corpus "
+    source = json.loads((bundle / "fastemb.json").read_text(encoding="utf-8"))["source"]
+    method = source.get("int8_method", "dynamic: exported before per-token scales became the default")
+    ray_cpu = ", ".join(f"{k} {v:.0f}" for k, v in big["ray"].get("cpu_s_by_process", {}).items() if v >= 1)
+    notes = [f"\n\nInt8 teacher bundle `{bundle.name}` (all-MiniLM-L6-v2, SmoothQuant int8, activation scales "
+             f"{method}), the shipped corpus "
              f"repeated to {args.texts:,} lines, `.npy` output, model batch 32. Ray: "
              + (f"the cluster at `{args.address}`" if args.address else f"local, `ray.init(num_cpus={args.cpus})`")
              + ", one actor per CPU with one ONNX Runtime thread; `ray.init` time not counted "
@@ -352,6 +357,7 @@ def main() -> None:
              "Ray Data cuts its own blocks, so the model's batches hold other rows, and a dynamic int8 graph "
              "quantizes each batch's activations with its own scale; in one process, the first 4,096 texts "
              f"encoded in reverse order give a min cosine of {order_cos:.5f} to the forward order."]
+    notes.append(f"CPU seconds of the Ray run at {args.texts:,} texts by process: {ray_cpu}.")
     if small:
         growth = big["ray"]["driver_mib"] - small["ray"]["driver_mib"]
         summary["ray_driver_growth_mib"] = round(growth, 1)
