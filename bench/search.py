@@ -402,14 +402,18 @@ def fmt(v: float | None, spec: str) -> str:
     return "" if v is None else format(v, spec)
 
 
+def ratio(v: float | None) -> str:
+    return "" if v is None else f"{v:.2f}x"
+
+
 def engine_table(runs: list[dict]) -> str:
     rows = []
     for run in runs:
         n = run["info"]["n"]
         for name, r in run["engines"].items():
             rows.append([
-                f"{n:,}", name, fmt(r["batched"], ",.0f"), fmt(r.get("batched_vs_flat"), ".2f") + "x",
-                fmt(r["single"], ",.1f"), fmt(r.get("single_vs_flat"), ".2f") + "x", fmt(r.get("recall"), ".4f"),
+                f"{n:,}", name, fmt(r["batched"], ",.0f"), ratio(r.get("batched_vs_flat")),
+                fmt(r["single"], ",.1f"), ratio(r.get("single_vs_flat")), fmt(r.get("recall"), ".4f"),
                 fmt(r.get("same_as_f32"), ".4f"), fmt(r["resident"] / 2**20, ",.0f"), fmt(r["bytes_per_dim"], ".3f"),
                 fmt(r["load_s"], ".3f"), fmt(r.get("add_peak"), ".2f"), fmt(r.get("load_peak"), ".2f"),
                 fmt(r.get("rescored"), ".0f"), fmt(r.get("proofs"), ".3f"),
