@@ -78,6 +78,9 @@ How to read this table:
 - fastemb int8 exact keeps float32 rows in memory (5 bytes/dim); "mmap" variants are loaded with
   Index.load(path, mmap=True): float32 rows (exact) or int8 records (binary) stay on disk and are
   read with pread for the candidates only; "approx" keeps no float32 rows at all.
+- FAISS's OpenBLAS (0.3.15, bundled in the faiss-cpu wheel) takes this Xeon for a Prescott and
+  would use SSE3 kernels (IndexFlatIP batched about 5x slower); the engine processes run with
+  OPENBLAS_CORETYPE=SkylakeX (AVX-512) unless the caller sets it. "BLAS" below: what it used.
 - FAISS Binary is IndexBinaryFlat on the sign bits, without re-scoring (its recall is what a
   Hamming search alone gives); fastemb binary re-scores its candidates from int8 codes.
 """
@@ -187,6 +190,33 @@ def dataset(args: argparse.Namespace, n: int) -> Path:
 # ---------------------------------------------------------------- engine processes
 
 
+def blas_env() -> dict[str, str]:
+    """OPENBLAS_CORETYPE for the engine processes. The faiss-cpu wheel bundles OpenBLAS 0.3.15,
+    which does not know recent Xeons (family 6, model 207 here) and falls back to its Prescott
+    (SSE3) kernels: IndexFlatIP's batched search, an sgemm, runs about 5x slower. Naming the
+    AVX-512 (or AVX2) kernels the CPU has gives FAISS its best; a value set by the caller wins."""
+    if "OPENBLAS_CORETYPE" in os.environ:
+        return {}
+    flags = set(Path("/proc/cpuinfo").read_text().split("flags", 1)[1].split("\n", 1)[0].split())
+    core = "SkylakeX" if "avx512f" in flags else "Haswell" if "avx2" in flags else None
+    return {"OPENBLAS_CORETYPE": core} if core else {}
+
+
+def blas_core() -> str | None:
+    """The kernels FAISS's OpenBLAS chose in this process (None if it cannot be asked)."""
+    import ctypes
+
+    import faiss
+
+    libs = sorted((Path(faiss.__file__).parent.parent / "faiss_cpu.libs").glob("libopenblas*"))
+    try:
+        fn = ctypes.CDLL(str(libs[0])).openblas_get_corename
+    except (IndexError, OSError, AttributeError):
+        return None
+    fn.restype = ctypes.c_char_p
+    return fn().decode()
+
+
 def status(key: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(key + ":"):
@@ -267,6 +297,8 @@ def child_measure(engine: str, data: Path, path: Path, args: argparse.Namespace)
         search = lambda b: index.search(q[b], K)[1]  # noqa: E731
     load_s = time.perf_counter() - t
     out = {"load_s": load_s, "loaded_bytes": status("VmRSS") - base}
+    if lib == "faiss":
+        out["blas_core"] = blas_core()
     if lib == "fastemb":
         out["load_peak"] = (status("VmHWM") - base) / index.memory_bytes
     nq = len(q)
@@ -301,7 +333,7 @@ def child_measure(engine: str, data: Path, path: Path, args: argparse.Namespace)
 def run_child(mode: str, engine: str, data: Path, path: Path, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, __file__, "--child", mode, "--engine", engine, "--dir", str(data), "--file", str(path),
            "--repeats", str(args.repeats), "--single", str(args.single)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {**os.environ, **blas_env(), "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     res = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if res.returncode != 0:
         raise RuntimeError(f"{engine} {mode} failed:\n{res.stderr[-3000:]}")
@@ -370,14 +402,18 @@ def fmt(v: float | None, spec: str) -> str:
     return "" if v is None else format(v, spec)
 
 
+def ratio(v: float | None) -> str:
+    return "" if v is None else f"{v:.2f}x"
+
+
 def engine_table(runs: list[dict]) -> str:
     rows = []
     for run in runs:
         n = run["info"]["n"]
         for name, r in run["engines"].items():
             rows.append([
-                f"{n:,}", name, fmt(r["batched"], ",.0f"), fmt(r.get("batched_vs_flat"), ".2f") + "x",
-                fmt(r["single"], ",.1f"), fmt(r.get("single_vs_flat"), ".2f") + "x", fmt(r.get("recall"), ".4f"),
+                f"{n:,}", name, fmt(r["batched"], ",.0f"), ratio(r.get("batched_vs_flat")),
+                fmt(r["single"], ",.1f"), ratio(r.get("single_vs_flat")), fmt(r.get("recall"), ".4f"),
                 fmt(r.get("same_as_f32"), ".4f"), fmt(r["resident"] / 2**20, ",.0f"), fmt(r["bytes_per_dim"], ".3f"),
                 fmt(r["load_s"], ".3f"), fmt(r.get("add_peak"), ".2f"), fmt(r.get("load_peak"), ".2f"),
                 fmt(r.get("rescored"), ".0f"), fmt(r.get("proofs"), ".3f"),
@@ -480,13 +516,15 @@ def main() -> None:
     s1, t1 = steal()
     summary_json = {"data": args.data, "runs": runs, "steal": round((s1 - s0) / max(1, t1 - t0), 4),
                     "load_average": [round(load0, 2), round(os.getloadavg()[0], 2)],
-                    "kernels": Index.kernels(), "cpus": len(os.sched_getaffinity(0)), "k": K}
+                    "kernels": Index.kernels(), "cpus": len(os.sched_getaffinity(0)), "k": K,
+                    "faiss_blas": sorted({r["blas_core"] for run in runs for r in run["engines"].values()
+                                          if r.get("blas_core")})}
     goals = [row for run in runs for row in goal_rows(args.data, run)]
     body = (engine_table(runs) + "\n\n" + error_table(runs)
             + f"\n\nCPU steal during the run: {summary_json['steal']:.1%}; load average (1 min) at the start "
             f"{summary_json['load_average'][0]}, at the end {summary_json['load_average'][1]} (other engineers' jobs). Kernels: "
             + ", ".join(f"{k} {v}" for k, v in summary_json["kernels"].items())
-            + f".\n\nGoals (issue 14), same run:\n\n{table(GOAL_HEADERS, goals)}\n" + NOTES)
+            + f"; FAISS's BLAS: {', '.join(summary_json['faiss_blas']) or 'unknown'}.\n\nGoals (issue 14), same run:\n\n{table(GOAL_HEADERS, goals)}\n" + NOTES)
     (CACHE / f"{name}.json").write_text(json.dumps(summary_json))
     write_result(name, f"Top-{K} search, {args.data} data, d = {args.d if args.data != 'real' else 384}",
                  body, summary_json,
