@@ -205,8 +205,10 @@ def teacher_vectors(bundle: str | Path, sentences: list[str], cache_dir: str | P
             return np.load(donor[0], mmap_mode="r")[donor[1]:donor[1] + chunk]
         return encoder.encode(sentences[start:stop], batch_size=batch_size)
 
-    if ray_address is not None:  # one Ray pipeline from the first row still missing to the last needed
-        encode = _RayRows(b.dir, sentences[:rows or len(sentences)], batch_size, ray_address)
+    if ray_address is not None:  # one Ray pipeline from the first row still missing to the last needed:
+        # the end of the chunk holding row ``rows`` (whole chunks are written, ``write_rows_chunked``)
+        end = len(sentences) if rows is None else min(len(sentences), -(-rows // chunk) * chunk)
+        encode = _RayRows(b.dir, sentences[:end], batch_size, ray_address)
     else:
         from fastemb import Encoder
 

@@ -197,6 +197,18 @@ def test_teacher_vectors_on_ray_write_the_same_cache(tiny_bundle: Path, tmp_path
     np.testing.assert_array_equal(again, on_ray)
 
 
+def test_teacher_vectors_on_ray_for_fewer_rows_than_a_chunk(tiny_bundle: Path, tmp_path: Path) -> None:
+    """``shrink --ray --max-sentences N``: the cache is written in whole chunks, so the Ray stream
+    must reach the end of the chunk holding row N (it stopped at N: StopIteration)."""
+    from distill.students import teacher_vectors
+
+    sentences = texts_of(1200, seed=7)
+    got = teacher_vectors(tiny_bundle, sentences, tmp_path, log=lambda _: None, chunk=500, rows=700,
+                          ray_address="local")
+    assert got.shape == (700, 32)
+    assert cosines(got, Encoder(tiny_bundle).encode(sentences[:700])).min() >= 0.99999
+
+
 def test_shrink_cli_takes_ray_and_its_address(monkeypatch) -> None:
     import distill.shrink
     from distill.cli import main as distill_main
