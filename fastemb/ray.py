@@ -140,8 +140,8 @@ def encode_texts(bundle: str | Path, texts: list[str], *, address: str = "local"
     """``(start, vectors, errors)`` chunks of ``texts`` in order, encoded on Ray (the texts go
     to the object store in blocks of ``batch_size`` x 64 rows).
     ``options``: ``batch_size`` (the model's), ``normalize``, ``chunk`` (rows per chunk returned),
-    ``concurrency`` (as in ``encode``; default here a fixed pool of the cluster's CPUs /
-    ``num_cpus_per_actor`` actors, as nothing else in these pipelines reserves a CPU) and
+    ``concurrency`` (as in ``encode``: an autoscaling pool by default; a fixed pool of every CPU
+    hung a second pipeline in one process while the first one's actors still held the CPUs) and
     ``num_cpus_per_actor``."""
     connect(address)
     table = pa.table({"text": pa.array(texts, type=pa.string())})
@@ -159,9 +159,6 @@ def _block(options: dict[str, Any]) -> int:
 def _in_order(ds: ray.data.Dataset, bundle: str | Path, column: str, *, batch_size: int = 32,
               normalize: bool = True, chunk: int = 8192, concurrency: int | tuple[int, ...] | None = None,
               num_cpus_per_actor: float = 1) -> Iterator[tuple[int, np.ndarray, list[str | None]]]:
-    if concurrency is None:  # these pipelines' reads reserve no CPU: a fixed pool of every CPU starves nothing,
-        # and saves the autoscaling pool's start with one actor (bench/results/scale.md)
-        concurrency = max(1, int(ray.cluster_resources().get("CPU", 1) // num_cpus_per_actor))
     ds = encode(ds, bundle, column=column, encode_batch_size=batch_size, normalize=normalize,
                 concurrency=concurrency, num_cpus_per_actor=num_cpus_per_actor)
     start = 0
