@@ -21,6 +21,7 @@ dimension (``head="pca"``: smaller vectors, the same cost).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -132,6 +133,9 @@ def shrink(cfg: ShrinkConfig, log: Callable[[str], None] = print) -> dict:
     init_dir = Path(cfg.init) if cfg.init else teacher_dir
     if not init_dir.is_dir():
         raise FileNotFoundError(f"init model directory not found: {init_dir}")
+    # exported once, on first need (hashing the teacher's weights is not free): under torchrun only
+    # the ranks that need it call it
+    teacher_fp32 = functools.cache(lambda: teacher_bundle(teacher_dir, cfg.cache_dir, log))
     out = Path(cfg.out)
     refuse_overwriting_source(out, teacher_dir, cfg.corpus)
     if out.exists() and any(out.iterdir()) and not (cfg.overwrite or cfg.resume):
@@ -144,7 +148,7 @@ def shrink(cfg: ShrinkConfig, log: Callable[[str], None] = print) -> dict:
     if init_dir == teacher_dir:
         teacher_dim = source.dim
     else:
-        teacher_dim = Bundle(teacher_bundle(teacher_dir, cfg.cache_dir, log)).manifest.dim
+        teacher_dim = Bundle(teacher_fp32()).manifest.dim
     own_dim = teacher_dim if init_dir == teacher_dir else source.dim
     target_dim = own_dim if cfg.head == "pca" else teacher_dim
     if cfg.student == "tinybert":
@@ -159,11 +163,11 @@ def shrink(cfg: ShrinkConfig, log: Callable[[str], None] = print) -> dict:
         log = _quiet
     vectors_dir = Path(cfg.cache_dir) / "vectors"
     # under torchrun, rank 0 exports the teacher and computes (or loads) the vectors; all get them
-    targets = on_rank0(lambda: teacher_vectors(teacher_bundle(teacher_dir, cfg.cache_dir, log), sentences,
+    targets = on_rank0(lambda: teacher_vectors(teacher_fp32(), sentences,
                                                vectors_dir, log=log, rows=n, ray_address=cfg.ray))
     sentences = sentences[:n]
     if cfg.head == "pca" and target_dim < teacher_dim:
-        b = Bundle(teacher_bundle(teacher_dir, cfg.cache_dir, log))
+        b = Bundle(teacher_fp32())
         key = f"{b.manifest.files[b.manifest.graphs['encoder']][:16]}-{sha256_lines(sentences)[:16]}-pca{target_dim}"
         targets = pca_targets(targets, target_dim, vectors_dir / f"{key}.npy", log=log)
     if cfg.student == "tinybert" and init_dir != teacher_dir:  # another model's space: map it to the targets
